@@ -1,0 +1,1 @@
+"""Work-arounds for known breakages of the pinned upstream stack (STACK.md)."""

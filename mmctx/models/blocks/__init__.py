@@ -1,0 +1,3 @@
+from .global_context import GlobalContextBlock
+
+__all__ = ['GlobalContextBlock']

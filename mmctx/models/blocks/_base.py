@@ -1,0 +1,88 @@
+"""Shared pieces of every context block: argument checks, rank-aware layers."""
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'{name} must be an int >= {minimum}, got '
+                        f'{type(value).__name__} {value!r}')
+    if value < minimum:
+        raise ValueError(f'{name} must be an int >= {minimum}, got {value}')
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')
+    return value
+
+
+def reduced_channels(in_channels: int, ratio: float, what: str = 'ratio') -> int:
+    """``int(in_channels * ratio)``, refusing ratios that make 0 channels."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise TypeError(f'{what} must be a number in (0, 1], got '
+                        f'{type(ratio).__name__} {ratio!r}')
+    if not 0 < ratio <= 1:
+        raise ValueError(f'{what} must be in (0, 1], got {ratio}')
+    planes = int(in_channels * ratio)
+    if planes < 1:
+        raise ValueError(
+            f'{what}={ratio} leaves 0 channels for in_channels={in_channels}; '
+            f'use a {what} >= {1 / in_channels:.4g}')
+    return planes
+
+
+def pointwise(dim: int, in_channels: int, out_channels: int,
+              bias: bool = True) -> nn.Module:
+    """A 1×1 (×1) convolution for inputs of spatial rank ``dim``."""
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dim - 1]
+    return conv(in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+class ContextBlockBase(nn.Module):
+    """Base of all mmctx context blocks (mmcv plugin contract).
+
+    Args:
+        in_channels: channels of the input (and output) feature map.
+        dim: spatial rank of the input: 1 for ``(N, C, L)``, 2 for
+            ``(N, C, H, W)``, 3 for ``(N, C, T, H, W)``.
+    """
+
+    #: name of the block when mmcv's ``build_plugin_layer`` inserts it
+    _abbr_ = 'context_block'
+
+    def __init__(self, in_channels: int, dim: int = 2) -> None:
+        super().__init__()
+        self.in_channels = check_int('in_channels', in_channels)
+        self.dim = check_choice('dim', dim, (1, 2, 3))
+
+    def check_input(self, x: Any) -> None:
+        """Raise a clear error for a wrong tensor type, rank or channel count."""
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'{name} expects a torch.Tensor, got {type(x).__name__}')
+        if x.dim() != self.dim + 2:
+            layout = ('(N, C, L)', '(N, C, H, W)', '(N, C, T, H, W)')[self.dim - 1]
+            raise ValueError(
+                f'{name} was built with dim={self.dim} and expects a '
+                f'{self.dim + 2}D input {layout}, got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'{name} was built for in_channels={self.in_channels}, '
+                f'got an input with {x.shape[1]} channels')
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}, dim={self.dim}'
+
+
+def zero_init_last(module: Optional[nn.Module]) -> None:
+    """Zero the weights of the last layer with weights in ``module``."""
+    if module is None:
+        return
+    last = [m for m in module.modules() if getattr(m, 'weight', None) is not None][-1]
+    nn.init.zeros_(last.weight)
+    if getattr(last, 'bias', None) is not None:
+        nn.init.zeros_(last.bias)

@@ -1,0 +1,4 @@
+"""Tiny datasets in the real on-disk layouts, for tests and smoke runs."""
+from .tiny_data import make_cityscapes
+
+__all__ = ['make_cityscapes']
