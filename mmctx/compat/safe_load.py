@@ -8,7 +8,8 @@ allowlist exactly what a Runner checkpoint's ``message_hub`` holds:
 
 * ``mmengine.logging.history_buffer.HistoryBuffer`` and the numpy pieces its arrays
   and scalars pickle to (``ndarray``, ``dtype``, ``_reconstruct``, ``scalar``, under
-  both the numpy 1 ``numpy.core`` and numpy 2 ``numpy._core`` paths);
+  both the numpy 1 ``numpy.core`` and numpy 2 ``numpy._core`` paths, and the bool /
+  integer / float dtype classes of ``numpy.dtypes`` — never object or void dtypes);
 * ``builtins.getattr`` — which HistoryBuffer needs to pickle its statistics methods
   (``getattr(HistoryBuffer, 'min')``). It is registered as a *restricted* stand-in
   that only returns those methods and raises ``UnpicklingError`` for anything else,
@@ -48,6 +49,15 @@ def mmengine_checkpoint_globals() -> List[Tuple[Any, str]]:
     for prefix in ('numpy.core.multiarray', 'numpy._core.multiarray'):
         pairs.append((multiarray._reconstruct, f'{prefix}._reconstruct'))
         pairs.append((multiarray.scalar, f'{prefix}.scalar'))
+    # numpy >= 1.25 rebuilds a pickled dtype as an instance of its class in
+    # ``numpy.dtypes``; logged scalars are bool, integer or floating point
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        for kind in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                     np.uint16, np.uint32, np.uint64, np.float16, np.float32,
+                     np.float64):
+            cls = type(np.dtype(kind))
+            pairs.append((cls, f'numpy.dtypes.{cls.__name__}'))
     return pairs
 
 

@@ -1,0 +1,45 @@
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SMOKE_CONFIG = osp.join(
+    ROOT, 'configs', 'smoke', 'gcb-r4-plugin_r50w16-d8_1xb2-20iter_cityscapes-64x128.py')
+RECORD_CONFIG = osp.join(ROOT, 'tests', 'configs', 'smoke_record.py')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, cwd=ROOT, env=None, timeout=600):
+    """Run a command; on failure, fail the test with its output."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f'{cmd} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}'
+                    f'\n--- stderr\n{proc.stderr[-6000:]}')
+    return proc
+
+
+def python(*args, **kwargs):
+    return run([sys.executable, *args], **kwargs)
+
+
+@pytest.fixture(scope='session')
+def tiny_cityscapes(tmp_path_factory):
+    from mmctx.testing import make_cityscapes
+    return make_cityscapes(str(tmp_path_factory.mktemp('cityscapes')),
+                           splits=dict(train=4, val=2), size=(96, 192))
+
+
+def data_root_options(root: str) -> list:
+    return [f'{split}_dataloader.dataset.data_root={root}'
+            for split in ('train', 'val', 'test')]
