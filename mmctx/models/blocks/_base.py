@@ -74,6 +74,13 @@ class ContextBlockBase(nn.Module):
                 f'{name} was built for in_channels={self.in_channels}, '
                 f'got an input with {x.shape[1]} channels')
 
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """Called by mmengine's ``BaseModule.init_weights``: the block's own init."""
+        self.reset_parameters()
+
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, dim={self.dim}'
 

@@ -144,3 +144,41 @@ class GlobalContextBlock(ContextBlockBase):
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, ratio={self.ratio}, '
                 f'pooling_type={self.pooling_type!r}, fusion_types={self.fusion_types}')
+
+
+@MODELS.register_module()
+class SimplifiedNonLocalBlock(GlobalContextBlock):
+    """GCNet's Simplified NL: ``x + W_v Σ_j softmax_j(W_k x) x_j``.
+
+    Attention pooling, a single 1×1 conv C→C as transform (zero-initialised, so a new
+    block is the identity), add fusion.
+    """
+
+    _abbr_ = 'snl_block'
+
+    def __init__(self, in_channels: int, dim: int = 2) -> None:
+        super().__init__(in_channels, ratio=None, pooling_type='att',
+                         fusion_types=('channel_add', ), dim=dim)
+
+
+@MODELS.register_module()
+class SqueezeExcitationBlock(GlobalContextBlock):
+    """Squeeze-and-Excitation (Hu et al., CVPR 2018, https://arxiv.org/abs/1709.01507)
+    as GCNet's degenerate case: average pooling, bottleneck C→C·r→C with ReLU and no
+    LayerNorm, multiplicative (sigmoid) fusion.
+
+    Note:
+        Unlike GC's branches, the transform keeps PyTorch's default init (as SENet
+        and timm): zero-initialising it would make a new block halve its input.
+    """
+
+    _abbr_ = 'se_block'
+
+    def __init__(self, in_channels: int, ratio: float = 1. / 16, dim: int = 2) -> None:
+        super().__init__(in_channels, ratio=ratio, pooling_type='avg',
+                         fusion_types=('channel_mul', ), dim=dim, transform_norm=False)
+
+    def reset_parameters(self) -> None:
+        for m in self.channel_mul_conv.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                m.reset_parameters()
