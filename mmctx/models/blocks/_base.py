@@ -5,6 +5,19 @@ import torch
 import torch.nn as nn
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 → fp32; fp32 and fp64 stay as they are (gradcheck runs in fp64)."""
+    return t.float() if t.dtype in HALF_DTYPES else t
+
+
+def no_autocast(t: torch.Tensor):
+    """A region where autocast does not lower matmuls/softmax back to half precision."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be an int >= {minimum}, got '

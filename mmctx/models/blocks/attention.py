@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ._base import no_autocast, upcast
+
 Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
 #: largest number of (query, key) pairs one concatenation chunk materialises
@@ -33,18 +35,15 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 def _fp32(*tensors: torch.Tensor):
-    return [t.float().contiguous() for t in tensors]
-
-
-def _no_autocast(device_type: str):
-    return torch.autocast(device_type=device_type, enabled=False)
+    """Half-precision tensors to fp32 (fp32 / fp64 stay as they are), contiguous."""
+    return [upcast(t).contiguous() for t in tensors]
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                       need_weights: bool = False) -> Result:
     """``softmax(scale · q kᵀ) v`` over keys."""
     dtype = v.dtype
-    with _no_autocast(q.device.type):
+    with no_autocast(q):
         q, k, v = _fp32(q, k, v)
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)
@@ -60,7 +59,7 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """``(q kᵀ / Lk) v`` (mmcv ``dot_product``: normalised by the key count)."""
     dtype = v.dtype
     num_keys = k.shape[1]
-    with _no_autocast(q.device.type):
+    with no_autocast(q):
         q, k, v = _fp32(q, k, v)
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).div_(num_keys)
@@ -78,7 +77,7 @@ def _concat_chunk(q_score: torch.Tensor, k_score: torch.Tensor,
 
 def concatenation_attention(q_score: torch.Tensor, k_score: torch.Tensor,
                             v: torch.Tensor, need_weights: bool = False,
-                            chunk_elements: int = CHUNK_ELEMENTS) -> Result:
+                            chunk_elements: Optional[int] = None) -> Result:
     """``Σ_j ReLU(a_i + b_j) v_j / Lk`` with ``a = w_qᵀq`` ``(B, Lq)``, ``b = w_kᵀk`` ``(B, Lk)``.
 
     mmcv's ``concatenation`` mode applies ``ReLU(wᵀ[q_i; k_j])`` (a 1×1 conv without
@@ -86,12 +85,13 @@ def concatenation_attention(q_score: torch.Tensor, k_score: torch.Tensor,
     """
     dtype = v.dtype
     num_queries, num_keys = q_score.shape[1], k_score.shape[1]
-    with _no_autocast(v.device.type):
+    with no_autocast(v):
         q_score, k_score, v = _fp32(q_score, k_score, v)
         if need_weights:
-            weights = torch.relu(q_score.unsqueeze(2) + k_score.unsqueeze(1)).div_(num_keys)
+            weights = torch.relu(q_score.unsqueeze(2) + k_score.unsqueeze(1)) / num_keys
             return torch.bmm(weights, v).to(dtype), weights
-        step = max(1, chunk_elements // max(1, num_keys * q_score.shape[0]))
+        budget = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+        step = max(1, budget // max(1, num_keys * q_score.shape[0]))
         grad = torch.is_grad_enabled() and (q_score.requires_grad or k_score.requires_grad
                                            or v.requires_grad)
         chunks = []

@@ -24,15 +24,16 @@ import torch
 import torch.nn as nn
 
 from ...registry import MODELS
-from ._base import (ContextBlockBase, check_choice, pointwise, reduced_channels,
-                    zero_init_last)
+from ._base import (ContextBlockBase, check_choice, no_autocast, pointwise,
+                    reduced_channels, upcast, zero_init_last)
 
 FUSIONS = ('channel_add', 'channel_mul')
 
 
 def attention_pool_weights(mask_logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over positions of ``(N, 1, L)`` logits, computed in fp32."""
-    return mask_logits.float().softmax(dim=-1)
+    """Softmax over positions of ``(N, 1, L)`` logits, in fp32 (or fp64)."""
+    with no_autocast(mask_logits):
+        return upcast(mask_logits).softmax(dim=-1)
 
 
 @MODELS.register_module()
@@ -116,24 +117,35 @@ class GlobalContextBlock(ContextBlockBase):
         n, c = x.shape[:2]
         if self.conv_mask is None:
             length = x[0, 0].numel()
-            return x.new_full((n, 1, length), 1. / length, dtype=torch.float32)
+            return upcast(x.new_full((n, 1, length), 1. / length))
         return attention_pool_weights(self.conv_mask(x).reshape(n, 1, -1))
 
-    def context(self, x: torch.Tensor) -> torch.Tensor:
+    def context(self, x: torch.Tensor,
+                weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Context modeling: ``(N, C, *S)`` → ``(N, C, 1, ...)``."""
         n, c = x.shape[:2]
         if self.conv_mask is None:
             context = x.reshape(n, c, -1).mean(dim=-1)  # (N, C)
         else:
-            weights = self.context_weights(x)  # (N, 1, L)
-            # (N, C, L) @ (N, L, 1) -> (N, C, 1)
-            context = torch.bmm(x.reshape(n, c, -1).float(),
-                                weights.transpose(1, 2)).to(x.dtype)
+            if weights is None:
+                weights = self.context_weights(x)  # (N, 1, L)
+            with no_autocast(x):  # (N, C, L) @ (N, L, 1) -> (N, C, 1)
+                context = torch.bmm(upcast(x.reshape(n, c, -1)),
+                                    weights.transpose(1, 2)).to(x.dtype)
         return context.reshape((n, c) + (1, ) * self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        context = self.context(x)
+        return self._fuse(x, self.context(x))
+
+    def forward_with_attention(self, x: torch.Tensor):
+        """The output and ``{'unary': (N, 1, L)}``: the pooling weights, a
+        query-independent (unary) attention map shared by every position."""
+        self.check_input(x)
+        weights = self.context_weights(x)
+        return self._fuse(x, self.context(x, weights)), {'unary': weights}
+
+    def _fuse(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         out = x
         if self.channel_mul_conv is not None:
             out = out * torch.sigmoid(self.channel_mul_conv(context))

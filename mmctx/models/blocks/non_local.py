@@ -34,7 +34,8 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_choice, check_int, pointwise
+from ._base import (ContextBlockBase, check_choice, check_int, no_autocast, pointwise,
+                    upcast)
 from .attention import (concatenation_attention, dot_product_attention,
                         softmax_attention)
 
@@ -212,13 +213,14 @@ class PairwiseContextBlock(ContextBlockBase):
         return concatenation_attention(q @ w[:d], k @ w[d:], v, need_weights)
 
     def unary_weights(self, x: torch.Tensor, q_mean, k) -> torch.Tensor:
-        """Softmax over key positions ``(N, 1, Lk)``, in fp32."""
+        """Softmax over key positions ``(N, 1, Lk)``, in fp32 (or fp64)."""
         if self.unary == 'conv':
             src = self.pool(x) if self.pool is not None else x
             logits = self.conv_mask(src).reshape(x.shape[0], 1, -1)
-        else:  # analytic: μ_qᵀ k_j (no scale or temperature, as the official code)
-            logits = torch.bmm(q_mean.float(), k.float().transpose(1, 2))
-        return logits.float().softmax(dim=-1)
+        with no_autocast(x):
+            if self.unary == 'analytic':  # μ_qᵀ k_j, no scale/temperature (official)
+                logits = torch.bmm(upcast(q_mean), upcast(k).transpose(1, 2))
+            return upcast(logits).softmax(dim=-1)
 
     def fuse(self, x: torch.Tensor, y_pair, y_unary) -> torch.Tensor:
         spatial = tuple(x.shape[2:])
@@ -246,7 +248,8 @@ class PairwiseContextBlock(ContextBlockBase):
             y_pair, maps['pairwise'] = self.pairwise_term(q, k, v, need_weights)
         if self.unary != 'none':
             weights = self.unary_weights(x, q_mean, k)
-            y_unary = torch.bmm(weights, v.float()).to(v.dtype)  # (N, 1, dv)
+            with no_autocast(v):
+                y_unary = torch.bmm(weights, upcast(v)).to(v.dtype)  # (N, 1, dv)
             maps['unary'] = weights
         return self.fuse(x, y_pair, y_unary), maps
 

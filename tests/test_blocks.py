@@ -1,0 +1,411 @@
+"""The context-block library: bad input first, then parity, paths, reliability."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmctx.models.blocks import (DNL_PRESETS, DisentangledNonLocalBlock,
+                                 GlobalContextBlock, NonLocalBlock, PairwiseNonLocalBlock,
+                                 SimplifiedNonLocalBlock, SqueezeExcitationBlock,
+                                 UnaryNonLocalBlock)
+from mmctx.models.blocks import attention
+from mmctx.models.blocks.convert import convert_block_state_dict
+from mmctx.registry import MODELS
+
+C = 8
+#: (id, class, kwargs, starts as identity)
+BLOCKS = [
+    ('nl-embedded_gaussian', NonLocalBlock, {}, True),
+    ('nl-gaussian', NonLocalBlock, dict(mode='gaussian'), True),
+    ('nl-dot_product', NonLocalBlock, dict(mode='dot_product'), True),
+    ('nl-concatenation', NonLocalBlock, dict(mode='concatenation'), True),
+    ('nl-sub_sample', NonLocalBlock, dict(sub_sample=True, use_scale=False), True),
+    ('dnl-mmseg', DisentangledNonLocalBlock, {}, True),
+    ('dnl-official_seg', DisentangledNonLocalBlock, dict(preset='official_seg'), False),
+    ('dnl-official_det', DisentangledNonLocalBlock, dict(preset='official_det'), False),
+    ('dnl-analytic-unary', DisentangledNonLocalBlock, dict(unary='analytic'), True),
+    ('dnl-sub_sample', DisentangledNonLocalBlock, dict(sub_sample=True), True),
+    ('dnl-concatenation', DisentangledNonLocalBlock,
+     dict(mode='concatenation', temperature=1.), True),
+    ('pairwise-only', PairwiseNonLocalBlock, {}, True),
+    ('unary-only', UnaryNonLocalBlock, {}, True),
+    ('unary-only-full', UnaryNonLocalBlock, dict(preset='official_seg'), False),
+    ('gc-att-add', GlobalContextBlock, dict(ratio=1. / 4), True),
+    ('gc-avg-add-mul', GlobalContextBlock,
+     dict(ratio=1. / 4, pooling_type='avg', fusion_types=('channel_add', 'channel_mul')),
+     False),
+    ('snl', SimplifiedNonLocalBlock, {}, True),
+    ('se', SqueezeExcitationBlock, dict(ratio=1. / 4), False),
+]
+IDS = [b[0] for b in BLOCKS]
+SHAPES = {1: (2, C, 11), 2: (2, C, 5, 7), 3: (2, C, 3, 4, 6)}
+
+
+def build(cls, kwargs, dim=2, **extra):
+    return cls(C, dim=dim, **kwargs, **extra)
+
+
+def randomize(module, std=0.3, seed=0):
+    """Random weights and BN statistics, so that no term is trivially zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for name, b in module.named_buffers():
+            if name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return module
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize('make, error, match', [
+    (lambda: NonLocalBlock(C, mode='cosine'), ValueError, r"mode must be one of .*'cosine'"),
+    (lambda: NonLocalBlock(C, reduction=16), ValueError, 'reduction=16 leaves 0 channels'),
+    (lambda: NonLocalBlock(C, reduction=0), ValueError, 'reduction must be an int >= 1'),
+    (lambda: NonLocalBlock(C, reduction=2.), TypeError, 'reduction must be an int'),
+    (lambda: NonLocalBlock(0), ValueError, 'in_channels must be an int >= 1, got 0'),
+    (lambda: NonLocalBlock('8'), TypeError, 'in_channels must be an int'),
+    (lambda: NonLocalBlock(C, dim=4), ValueError, r'dim must be one of \[1, 2, 3\], got 4'),
+    (lambda: NonLocalBlock(C, use_scale=1), TypeError, 'use_scale must be a bool'),
+    (lambda: DisentangledNonLocalBlock(C, preset='paper'), ValueError, 'preset must be one of'),
+    (lambda: DisentangledNonLocalBlock(C, whiten='std'), ValueError, 'whiten must be one of'),
+    (lambda: DisentangledNonLocalBlock(C, unary='mask'), ValueError, 'unary must be one of'),
+    (lambda: DisentangledNonLocalBlock(C, value='half'), ValueError, 'value must be one of'),
+    (lambda: DisentangledNonLocalBlock(C, temperature=0), ValueError, 'temperature must be'),
+    (lambda: DisentangledNonLocalBlock(C, mode='dot_product'), ValueError,
+     'needs temperature=1, got 0.05'),
+    (lambda: DisentangledNonLocalBlock(C, pairwise=False, unary='none'), ValueError,
+     'models no context'),
+    (lambda: DisentangledNonLocalBlock(C, preset='official_det', norm_cfg=dict(type='BN')),
+     ValueError, "value='full' has none"),
+    (lambda: PairwiseNonLocalBlock(C, unary='conv'), ValueError, 'unary term off'),
+    (lambda: UnaryNonLocalBlock(C, pairwise=True), ValueError, 'pairwise term off'),
+    (lambda: DisentangledNonLocalBlock(C, bogus=1), TypeError, 'bogus'),
+    (lambda: GlobalContextBlock(C, ratio=0), ValueError, r'ratio must be in \(0, 1\], got 0'),
+    (lambda: GlobalContextBlock(C, ratio=1. / 16), ValueError, 'leaves 0 channels'),
+    (lambda: GlobalContextBlock(C, ratio='1/4'), TypeError, 'ratio must be a number'),
+    (lambda: GlobalContextBlock(C, pooling_type='max'), ValueError, 'pooling_type must be'),
+    (lambda: GlobalContextBlock(C, fusion_types=()), ValueError, 'at least one'),
+    (lambda: GlobalContextBlock(C, fusion_types='channel_add'), TypeError, 'list or tuple'),
+    (lambda: GlobalContextBlock(C, fusion_types=('channel_sub', )), ValueError,
+     "each of fusion_types must be one of .*'channel_sub'"),
+    (lambda: GlobalContextBlock(C, fusion_types=('channel_add', ) * 2), ValueError,
+     'duplicates'),
+    (lambda: SqueezeExcitationBlock(C, ratio=2), ValueError, r'ratio must be in \(0, 1\]'),
+])
+def test_invalid_options(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize('name, cls, kwargs, _', BLOCKS, ids=IDS)
+def test_wrong_inputs(name, cls, kwargs, _):
+    block = build(cls, kwargs)
+    with pytest.raises(ValueError, match=r'dim=2 and expects a 4D input .* got shape \(2, 8, 5, 6, 7\)'):
+        block(torch.randn(2, C, 5, 6, 7))
+    with pytest.raises(ValueError, match='in_channels=8, got an input with 6 channels'):
+        block(torch.randn(2, 6, 5, 7))
+    with pytest.raises(TypeError, match='expects a torch.Tensor, got ndarray'):
+        block(torch.randn(2, C, 5, 7).numpy())
+
+
+# -------------------------------------------------------- registry / plugins
+ABBRS = {NonLocalBlock: 'nl_block', DisentangledNonLocalBlock: 'dnl_block',
+         PairwiseNonLocalBlock: 'pairwise_nl_block', UnaryNonLocalBlock: 'unary_nl_block',
+         GlobalContextBlock: 'gc_block', SimplifiedNonLocalBlock: 'snl_block',
+         SqueezeExcitationBlock: 'se_block'}
+
+
+def test_registered_names_and_abbrs():
+    for cls, abbr in ABBRS.items():
+        assert MODELS.get(cls.__name__) is cls
+        assert cls._abbr_ == abbr
+    assert len(set(ABBRS.values())) == len(ABBRS)
+
+
+@pytest.mark.parametrize('name, cls, kwargs, identity', BLOCKS, ids=IDS)
+def test_in_mmdet_resnet_plugins(name, cls, kwargs, identity):
+    from mmdet.registry import MODELS as DET_MODELS
+    torch.manual_seed(0)
+    base = dict(type='mmdet.ResNet', depth=50, base_channels=4, out_indices=(3, ),
+                norm_cfg=dict(type='BN'))
+    plain = DET_MODELS.build(base)
+    cfg = dict(type=f'mmctx.{cls.__name__}', **kwargs)
+    if cls is GlobalContextBlock or cls is SqueezeExcitationBlock:
+        cfg['ratio'] = 1. / 16
+    net = DET_MODELS.build(dict(base, plugins=[dict(
+        cfg=cfg, stages=(False, False, True, True), position='after_conv3')]))
+    net.init_weights()  # mmengine's init must keep each block's own init
+    plain.eval(), net.eval()  # (mmdet's ResNet.train returns None)
+    names = [n for n, m in net.named_modules() if isinstance(m, cls)]
+    assert len(names) == 6 + 3 and all(n.endswith(ABBRS[cls]) for n in names)
+    net.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    out, ref = net(x)[0], plain(x)[0]
+    assert torch.isfinite(out).all()
+    if identity:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(out, ref)
+
+
+@pytest.mark.parametrize('name, cls, kwargs, identity', BLOCKS, ids=IDS)
+def test_in_mmaction_resnet3d(name, cls, kwargs, identity):
+    from mmaction.registry import MODELS as ACTION_MODELS
+    torch.manual_seed(0)
+    base = dict(depth=50, pretrained=None, pretrained2d=False, base_channels=4,
+                norm_eval=False)
+    plain = ACTION_MODELS.build(dict(type='ResNet3d', **base))
+    plain.init_weights()
+    plain.eval()
+    net = MODELS.build(dict(
+        type='ContextResNet3d', **base,
+        non_local=((0, 0, 0), (0, 1, 0, 1), (0, 1, 0, 1, 0, 1), (0, 0, 0)),
+        context_cfg=dict(type=cls.__name__, **kwargs)))
+    net.init_weights()
+    net.eval()
+    assert len(net.context_blocks()) == 5
+    assert all(isinstance(b, cls) and b.dim == 3 for b in net.context_blocks())
+    net.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(1, 3, 4, 32, 32)
+    out, ref = net(x), plain(x)
+    assert torch.isfinite(out).all()
+    if identity:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(out, ref)
+
+
+# ------------------------------------------------------------- upstream parity
+def _check_parity(upstream, ours, x, atol=1e-5):
+    for train in (False, True):
+        upstream.train(train)
+        ours.train(train)
+        diff = (upstream(x) - ours(x)).abs().max().item()
+        assert diff <= atol, f'train={train}: max abs diff {diff:.3g}'
+
+
+NL_OPTIONS = list(itertools.product(
+    ['embedded_gaussian', 'gaussian', 'dot_product', 'concatenation'], [False, True],
+    [True, False]))
+
+
+# every option in 2D; NonLocal1d / NonLocal3d (3D pools 1×2×2) on a subset
+@pytest.mark.parametrize('mode, sub_sample, use_scale, dim', [
+    o + (2, ) for o in NL_OPTIONS] + [o + (d, ) for o in NL_OPTIONS for d in (1, 3)
+                                     if o[2] and o[0] in ('embedded_gaussian', 'dot_product')])
+def test_parity_mmcv_nonlocal(mode, sub_sample, use_scale, dim):
+    from mmcv.cnn import NonLocal1d, NonLocal2d, NonLocal3d
+    norm = dict(type=('BN1d', 'BN', 'BN3d')[dim - 1])
+    upstream = randomize((NonLocal1d, NonLocal2d, NonLocal3d)[dim - 1](
+        16, sub_sample=sub_sample, mode=mode, use_scale=use_scale, norm_cfg=norm))
+    ours = NonLocalBlock(16, mode=mode, sub_sample=sub_sample, use_scale=use_scale,
+                         norm_cfg=norm, dim=dim)
+    ours.load_state_dict(convert_block_state_dict(upstream.state_dict(), 'mmcv_nonlocal'))
+    shape = {1: (2, 16, 13), 2: (2, 16, 9, 11), 3: (2, 16, 3, 6, 7)}[dim]
+    _check_parity(upstream, ours, torch.randn(shape))
+
+
+@pytest.mark.parametrize('pooling_type, fusion_types', list(itertools.product(
+    ['att', 'avg'], [('channel_add', ), ('channel_mul', ), ('channel_add', 'channel_mul')])))
+def test_parity_mmcv_context_block(pooling_type, fusion_types):
+    from mmcv.cnn import ContextBlock
+    upstream = randomize(ContextBlock(16, 1. / 4, pooling_type, fusion_types))
+    ours = GlobalContextBlock(16, 1. / 4, pooling_type, fusion_types)
+    ours.load_state_dict(convert_block_state_dict(upstream.state_dict(),
+                                                  'mmcv_context_block'))
+    _check_parity(upstream, ours, torch.randn(2, 16, 9, 11))
+
+
+@pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])
+def test_parity_mmseg_dnl(norm_cfg):
+    from mmseg.models.decode_heads.dnl_head import DisentangledNonLocal2d
+    # std 0.1: with T = 0.05 larger weights give logits in the hundreds, where fp32
+    # rounding (mmseg divides twice, we multiply once) alone exceeds 1e-5
+    upstream = randomize(DisentangledNonLocal2d(
+        16, temperature=0.05, reduction=2, use_scale=True, mode='embedded_gaussian',
+        norm_cfg=norm_cfg), std=0.1)
+    ours = DisentangledNonLocalBlock(16, preset='mmseg', norm_cfg=norm_cfg)
+    missing, unexpected = ours.load_state_dict(
+        convert_block_state_dict(upstream.state_dict(), 'mmseg_dnl'))
+    assert not missing and not unexpected
+    _check_parity(upstream, ours, torch.randn(2, 16, 9, 11) * 3)
+
+
+def _official_dnl_reference(block, x, whiten, scale, temperature):
+    """The official DNL block written from its equations (REFERENCE.md §3.2 b/c)."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)  # (N, C, L)
+    conv = lambda m, t: torch.einsum('oc,ncl->nol', m.weight.reshape(m.weight.shape[:2]), t) + (
+        0 if m.bias is None else m.bias[None, :, None])
+    q, k, v = conv(block.theta, flat), conv(block.phi, flat), conv(block.g, flat)
+    if whiten == 'channel':
+        q, k = q - q.mean(2, keepdim=True), k - k.mean(2, keepdim=True)
+    else:  # one scalar mean over channels and positions (official 'ln_nostd')
+        q, k = q - q.mean((1, 2), keepdim=True), k - k.mean((1, 2), keepdim=True)
+    sim = torch.einsum('ndi,ndj->nij', q, k) * scale / temperature
+    out_sim = block.gamma * torch.einsum('nij,ncj->nci', sim.softmax(-1), v)
+    mask = conv(block.conv_mask, flat).softmax(-1)  # (N, 1, L)
+    out_gc = torch.einsum('ncj,noj->nco', v, mask)  # (N, C, 1)
+    return x + (out_sim + out_gc).reshape(x.shape)
+
+
+@pytest.mark.parametrize('preset', ['official_seg', 'official_det'])
+def test_official_dnl_presets_match_their_equations(preset):
+    # in float64: with T = 0.05 the logits are sharp enough for fp32 rounding of two
+    # different summation orders to reach 1e-5; the equations must match exactly
+    block = randomize(DisentangledNonLocalBlock(16, preset=preset)).double().eval()
+    assert block.g.bias is None and block.conv_out is None
+    assert block.inter_channels == 16 // DNL_PRESETS[preset]['reduction']
+    x = torch.randn(2, 16, 6, 7, dtype=torch.double) * 2
+    if preset == 'official_det':
+        ref = _official_dnl_reference(block, x, 'channel', (16 // 4)**-0.5, 0.05)
+    else:
+        ref = _official_dnl_reference(block, x, 'global', 1., 1.)
+    torch.testing.assert_close(block(x), ref, rtol=0, atol=1e-10)
+
+
+def test_analytic_unary_matches_its_equation():
+    block = randomize(DisentangledNonLocalBlock(C, unary='analytic', pairwise=False))
+    x = torch.randn(2, C, 4, 5)
+    flat = x.reshape(2, C, -1)
+    theta = block.theta.weight[:, :, 0, 0]
+    phi = block.phi.weight[:, :, 0, 0]
+    q = theta @ flat + block.theta.bias[:, None]
+    k = phi @ flat + block.phi.bias[:, None]
+    weights = torch.einsum('nd,ndj->nj', q.mean(2), k).softmax(-1)  # (N, L)
+    _, maps = block.forward_with_attention(x)
+    torch.testing.assert_close(maps['unary'][:, 0], weights, rtol=0, atol=1e-6)
+    assert set(maps) == {'unary'}
+
+
+def test_pairwise_and_unary_only_are_dnl_with_a_term_off():
+    x = torch.randn(2, C, 5, 6)
+    full = randomize(DisentangledNonLocalBlock(C)).eval()
+    pair = PairwiseNonLocalBlock(C).eval()
+    unary = UnaryNonLocalBlock(C).eval()
+    pair.load_state_dict({k: v for k, v in full.state_dict().items()
+                          if not k.startswith('conv_mask')})
+    unary.load_state_dict({k: v for k, v in full.state_dict().items()
+                           if not k.startswith(('theta', 'phi'))})
+    _, maps = full.forward_with_attention(x)
+    _, pmaps = pair.forward_with_attention(x)
+    _, umaps = unary.forward_with_attention(x)
+    torch.testing.assert_close(pmaps['pairwise'], maps['pairwise'])
+    torch.testing.assert_close(umaps['unary'], maps['unary'])
+    assert set(pmaps) == {'pairwise'} and set(umaps) == {'unary'}
+    # conv_out is linear once BN is in eval mode: the terms add up
+    base = full.conv_out(torch.zeros(2, C // 2, 5, 6))
+    torch.testing.assert_close(full(x) - x + base, (pair(x) - x) + (unary(x) - x),
+                               rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------- paths and identity
+@pytest.mark.parametrize('dim', [1, 2, 3])
+@pytest.mark.parametrize('name, cls, kwargs, _', BLOCKS, ids=IDS)
+def test_efficient_and_explicit_paths_agree(name, cls, kwargs, _, dim, monkeypatch):
+    monkeypatch.setattr(attention, 'CHUNK_ELEMENTS', 64)  # many concatenation chunks
+    block = randomize(build(cls, kwargs, dim=dim), std=0.1)  # T = 0.05: keep logits O(10)
+    x = torch.randn(SHAPES[dim]) * 2
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out1 = block(x1)
+    out2, maps = block.forward_with_attention(x2)
+    torch.testing.assert_close(out1, out2, rtol=0, atol=1e-5)
+    grad = torch.randn_like(out1)
+    g1 = torch.autograd.grad(out1, [x1] + list(block.parameters()), grad)
+    g2 = torch.autograd.grad(out2, [x2] + list(block.parameters()), grad)
+    # atol 1e-5 on the scale of the gradients: a parameter gradient sums over positions,
+    # and one that is analytically 0 (phi's bias under softmax) is rounding noise
+    scale = max(1., max(a.abs().max().item() for a in g1))
+    for a, b in zip(g1, g2):
+        assert (a - b).abs().max().item() <= 1e-5 * scale
+    softmax_terms = [m for term, m in maps.items()
+                     if term == 'unary' or block.mode in ('embedded_gaussian', 'gaussian')]
+    for m in softmax_terms:  # explicit maps are distributions over keys
+        torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))
+
+
+def test_softmax_modes_use_sdpa_and_keep_no_map(monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((q.shape, q.is_contiguous(), k.is_contiguous(), v.is_contiguous(), kw))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(attention.F, 'scaled_dot_product_attention', spy)
+    block = DisentangledNonLocalBlock(16)
+    block(torch.randn(2, 16, 6, 5))
+    (shape, *contiguous, kw), = calls
+    assert shape == (2, 1, 30, 8) and all(contiguous)
+    assert kw['scale'] == pytest.approx(8**-0.5 / 0.05)  # √d and temperature folded in
+
+
+@pytest.mark.parametrize('dim', [1, 2, 3])
+@pytest.mark.parametrize('name, cls, kwargs, identity', BLOCKS, ids=IDS)
+def test_identity_at_init(name, cls, kwargs, identity, dim):
+    block = build(cls, kwargs, dim=dim)
+    x = torch.randn(SHAPES[dim])
+    if identity:
+        torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+    elif cls is DisentangledNonLocalBlock or cls is UnaryNonLocalBlock:
+        # official recipes: γ = 0 gates the pairwise term only; unary is live
+        no_pair = UnaryNonLocalBlock(C, preset=block.preset, dim=dim)
+        no_pair.load_state_dict(block.state_dict(), strict=False)
+        torch.testing.assert_close(block(x), no_pair(x), rtol=0, atol=1e-6)
+        assert not torch.allclose(block(x), x)
+    else:
+        assert not torch.allclose(block(x), x)
+
+
+@pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])
+def test_nonlocal_zero_inits_the_output_norm_or_conv(norm_cfg):
+    block = NonLocalBlock(C, norm_cfg=norm_cfg)
+    last = block.conv_out.norm if norm_cfg else block.conv_out.conv
+    assert last.weight.abs().sum() == 0 and last.bias.abs().sum() == 0
+    randomize(block)
+    block.init_weights()  # what mmengine calls: back to the block's own init
+    assert last.weight.abs().sum() == 0
+    assert block.g.weight.std() < 0.05  # N(0, 0.01)
+
+
+# --------------------------------------------------------------- reliability
+@pytest.mark.parametrize('name, cls, kwargs, _', BLOCKS, ids=IDS)
+def test_every_parameter_gets_a_gradient(name, cls, kwargs, _):
+    block = randomize(build(cls, kwargs))
+    with torch.no_grad():  # no ReLU of a bottleneck may be dead for the whole batch
+        for pname, p in block.named_parameters():
+            if pname.endswith('.0.bias'):
+                p.abs_().add_(1.)
+    block(torch.randn(2, C, 5, 7)).pow(2).sum().backward()
+    for pname, p in block.named_parameters():
+        assert p.grad is not None, pname
+        assert p.grad.abs().sum() > 0, f'{pname} got an all-zero gradient'
+
+
+@pytest.mark.parametrize('name, cls, kwargs, _', BLOCKS, ids=IDS)
+def test_gradcheck_double(name, cls, kwargs, _):
+    block = randomize(build(cls, kwargs)).double().eval()
+    x = torch.randn(1, C, 3, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (x, ), eps=1e-6, atol=1e-5)
+    if hasattr(block, 'forward_with_attention'):
+        assert torch.autograd.gradcheck(lambda t: block.forward_with_attention(t)[0],
+                                        (x, ), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize('name, cls, kwargs, _', BLOCKS, ids=IDS)
+def test_bf16_autocast_with_sharp_temperature_is_finite(name, cls, kwargs, _):
+    if cls in (DisentangledNonLocalBlock, PairwiseNonLocalBlock, UnaryNonLocalBlock) \
+            and kwargs.get('mode', 'embedded_gaussian') == 'embedded_gaussian':
+        kwargs = dict(kwargs, temperature=0.05)
+    block = randomize(build(cls, kwargs), std=1.)
+    x = torch.randn(2, C, 16, 16) * 100
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block(x)
+        out2, maps = block.forward_with_attention(x)
+    assert torch.isfinite(out).all() and torch.isfinite(out2).all()
+    for m in maps.values():
+        assert m.dtype == torch.float32 and torch.isfinite(m).all()
