@@ -1,0 +1,278 @@
+"""Speed and peak memory of mmctx's NL / DNL / GC blocks against the upstream blocks.
+
+Compares, with the same weights and in one run:
+
+* mmctx ``NonLocalBlock``            vs mmcv ``NonLocal2d``            (embedded Gaussian)
+* mmctx ``DisentangledNonLocalBlock`` vs mmseg ``DisentangledNonLocal2d`` (mmseg recipe)
+* mmctx ``GlobalContextBlock``       vs mmcv ``ContextBlock``           (ratio 1/4)
+
+for inference (``torch.inference_mode``) and forward+backward, over a sweep of
+feature sizes, C=512 (the segmentation heads' width), batch 1. Every measurement
+runs in a fresh process: peak memory is the rise of the resident set (VmHWM reset
+before the call) over the process's resident set before it. The run also measures
+the machine's sgemm GFLOP/s and the GFLOP/s of the attention core (one
+``scaled_dot_product_attention`` call at the largest size), and prints ratios
+mmctx / upstream. Results: ``<out>/benchmark.md``, ``.json`` and a log-log ``.png``.
+
+    python tools/benchmark_blocks.py                 # full sweep (~10 min on 2 cores)
+    python tools/benchmark_blocks.py --quick         # small sizes only (~1 min)
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import subprocess
+import sys
+import time
+
+PAIRS = ('nl', 'dnl', 'gc')
+SIZES = ('32x64', '64x128', '96x192', '128x256')
+TRAIN_SIZES = ('32x64', '48x96', '64x128')
+
+
+# ---------------------------------------------------------------- one worker
+def _build(pair: str, impl: str, channels: int):
+    import torch
+
+    from mmctx.models.blocks import (DisentangledNonLocalBlock, GlobalContextBlock,
+                                     NonLocalBlock)
+    from mmctx.models.blocks.convert import convert_block_state_dict
+    torch.manual_seed(0)
+    if pair == 'nl':
+        from mmcv.cnn import NonLocal2d
+        up = NonLocal2d(channels, norm_cfg=dict(type='BN'))
+        ours, kind = NonLocalBlock(channels, norm_cfg=dict(type='BN')), 'mmcv_nonlocal'
+    elif pair == 'dnl':
+        from mmseg.models.decode_heads.dnl_head import DisentangledNonLocal2d
+        up = DisentangledNonLocal2d(channels, temperature=0.05, norm_cfg=dict(type='BN'))
+        ours, kind = DisentangledNonLocalBlock(channels, norm_cfg=dict(type='BN')), 'mmseg_dnl'
+    else:
+        from mmcv.cnn import ContextBlock
+        up = ContextBlock(channels, 1. / 4)
+        ours, kind = GlobalContextBlock(channels, 1. / 4), 'mmcv_context_block'
+    with torch.no_grad():  # non-trivial, shared weights
+        for p in up.parameters():
+            p.normal_(0, 0.02)
+    ours.load_state_dict(convert_block_state_dict(up.state_dict(), kind))
+    return up if impl == 'upstream' else ours
+
+
+def _rss_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def _reset_peak() -> bool:
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # resets VmHWM (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def worker(spec: dict) -> dict:
+    import torch
+    model = _build(spec['pair'], spec['impl'], spec['channels'])
+    h, w = spec['size']
+    x = torch.randn(1, spec['channels'], h, w)
+    train = spec['mode'] == 'train'
+    model.train(train)
+
+    def step():
+        if train:
+            xi = x.detach().requires_grad_()
+            out = model(xi)
+            out.backward(torch.ones_like(out))
+        else:
+            with torch.inference_mode():
+                model(x)
+
+    before = _rss_kib('VmRSS')
+    exact = _reset_peak()
+    start = time.perf_counter()
+    step()  # the first call: peak memory (and warm-up)
+    first = time.perf_counter() - start
+    peak = _rss_kib('VmHWM') - before  # without the reset: the process's lifetime peak
+    times = []  # at least `repeats` calls and 1 s of calls (small blocks are noisy)
+    while first < 5 and (len(times) < spec['repeats'] or sum(times) < 1.) \
+            and len(times) < 200:
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    times = sorted(times or [first])
+    return dict(spec, time_s=times[len(times) // 2], peak_mib=max(peak, 0) / 1024,
+                exact_peak=exact)
+
+
+# -------------------------------------------------------------- measurements
+def measure_gflops(length: int, d: int) -> dict:
+    """sgemm 4096³ and the attention core (SDPA, contiguous (1, 1, L, d)) GFLOP/s."""
+    import torch
+    import torch.nn.functional as F
+
+    def best(fn, n=3):
+        fn()
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    sgemm = 2 * 4096**3 / best(lambda: a @ b) / 1e9
+    q, k, v = (torch.randn(1, 1, length, d) for _ in range(3))
+    with torch.inference_mode():
+        t = best(lambda: F.scaled_dot_product_attention(q, k, v, scale=0.1), n=2)
+    attn = 4 * length * length * d / t / 1e9
+    return dict(sgemm_gflops=sgemm, attention_gflops=attn, attention_length=length,
+                attention_dim=d, attention_ratio=attn / sgemm)
+
+
+def run_worker(spec: dict) -> dict:
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', str(os.cpu_count()))
+    proc = subprocess.run([sys.executable, __file__, '--worker', json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return dict(spec, error=(proc.stderr.strip().splitlines() or ['?'])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_size(text: str):
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'sizes are HxW such as 64x128, got {text!r}')
+    return h, w
+
+
+# ------------------------------------------------------------------- report
+def ratio(ours: dict, up: dict, key: str) -> str:
+    if 'error' in ours or 'error' in up:
+        return 'n/a'
+    return f'{up[key] / max(ours[key], 1e-9):.2f}×'
+
+
+def report(results, flops, args) -> str:
+    import torch
+    lines = [
+        '# mmctx block benchmark', '',
+        f'- machine: {platform.machine()}, {os.cpu_count()} CPU threads, '
+        f'{platform.processor() or platform.platform()}; torch {torch.__version__}, '
+        f'{torch.get_num_threads()} intra-op threads',
+        f'- command: `python tools/benchmark_blocks.py {" ".join(args.argv)}`'.rstrip(),
+        f'- C={args.channels}, batch 1, fp32; time = median of at least {args.repeats} calls '
+        '(and at least 1 s of calls) after one warm-up call, or the single call when it '
+        'takes > 5 s; peak = rise of the resident set during the first call',
+        f'- sgemm 4096³: **{flops["sgemm_gflops"]:.0f} GFLOP/s**; attention core (SDPA, '
+        f'L={flops["attention_length"]}, d={flops["attention_dim"]}): '
+        f'**{flops["attention_gflops"]:.0f} GFLOP/s = {100 * flops["attention_ratio"]:.0f}% '
+        'of sgemm**', '',
+        '| block | mode | size (positions) | mmctx time | upstream time | speed-up | '
+        'mmctx peak | upstream peak | memory ratio (upstream/mmctx) |',
+        '|---|---|---|---|---|---|---|---|---|']
+    names = dict(nl='NL vs mmcv NonLocal2d', dnl='DNL vs mmseg DisentangledNonLocal2d',
+                 gc='GC vs mmcv ContextBlock')
+    for pair in PAIRS:
+        for mode in ('inference', 'train'):
+            for size in (args.sizes if mode == 'inference' else args.train_sizes):
+                get = lambda impl: next(r for r in results if (
+                    r['pair'], r['mode'], tuple(r['size']), r['impl']) == (
+                        pair, mode, size, impl))
+                ours, up = get('mmctx'), get('upstream')
+                fmt_t = lambda r: r.get('error') or f'{r["time_s"] * 1e3:.1f} ms'
+                fmt_m = lambda r: r.get('error') or f'{r["peak_mib"]:.1f} MiB'
+                lines.append(
+                    f'| {names[pair]} | {"forward" if mode == "inference" else "fwd+bwd"} '
+                    f'| {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
+                    f'{fmt_t(up)} | {ratio(ours, up, "time_s")} | {fmt_m(ours)} | '
+                    f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(results, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, mode in enumerate(('inference', 'train')):
+        for row, key in enumerate(('time_s', 'peak_mib')):
+            ax = axes[row][col]
+            for pair in PAIRS:
+                for impl, style in (('mmctx', '-o'), ('upstream', '--x')):
+                    pts = sorted((r['size'][0] * r['size'][1], r[key]) for r in results
+                                 if r['pair'] == pair and r['mode'] == mode
+                                 and r['impl'] == impl and 'error' not in r)
+                    if pts:
+                        ax.loglog(*zip(*pts), style, label=f'{pair} {impl}')
+            ax.set_xlabel('positions (H×W)')
+            ax.set_ylabel('time (s)' if key == 'time_s' else 'peak memory (MiB)')
+            ax.set_title(f'{"forward" if mode == "inference" else "forward+backward"}')
+            ax.grid(True, which='both', alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle('mmctx vs upstream blocks, C=512, batch 1, CPU fp32')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == '--worker':
+        spec = json.loads(argv[1])
+        spec['size'] = tuple(spec['size'])
+        print(json.dumps(worker(spec)))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--sizes', type=parse_size, nargs='+',
+                        default=[parse_size(s) for s in SIZES], help='inference sizes HxW')
+    parser.add_argument('--train-sizes', type=parse_size, nargs='+',
+                        default=[parse_size(s) for s in TRAIN_SIZES],
+                        help='forward+backward sizes HxW')
+    parser.add_argument('--channels', type=int, default=512)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--quick', action='store_true', help='32x64 and 48x96 only')
+    parser.add_argument('--out', default='work_dirs/benchmark')
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.channels < 2 or args.repeats < 1:
+        parser.error('--channels must be >= 2 and --repeats >= 1')
+    if args.quick:
+        args.sizes = args.train_sizes = [(32, 64), (48, 96)]
+    args.sizes = [tuple(s) for s in args.sizes]
+    args.train_sizes = [tuple(s) for s in args.train_sizes]
+    os.makedirs(args.out, exist_ok=True)
+
+    specs = [dict(pair=p, impl=i, mode=m, size=s, channels=args.channels,
+                  repeats=args.repeats)
+             for p in PAIRS for m in ('inference', 'train')
+             for s in (args.sizes if m == 'inference' else args.train_sizes)
+             for i in ('mmctx', 'upstream')]
+    results = []
+    for n, spec in enumerate(specs, 1):
+        r = run_worker(spec)
+        results.append(r)
+        what = r.get('error') or f'{r["time_s"] * 1e3:9.1f} ms  {r["peak_mib"]:8.1f} MiB'
+        print(f'[{n:2d}/{len(specs)}] {spec["pair"]:3s} {spec["mode"]:9s} '
+              f'{spec["size"][0]:3d}x{spec["size"][1]:<3d} {spec["impl"]:8s} {what}',
+              flush=True)
+    largest = max(args.sizes, key=lambda s: s[0] * s[1])
+    flops = measure_gflops(largest[0] * largest[1], args.channels // 2)  # DNL: C/2
+    text = report(results, flops, args)
+    with open(osp.join(args.out, 'benchmark.md'), 'w') as f:
+        f.write(text)
+    with open(osp.join(args.out, 'benchmark.json'), 'w') as f:
+        json.dump(dict(results=results, flops=flops), f, indent=1)
+    plot(results, osp.join(args.out, 'benchmark.png'))
+    print('\n' + text)
+    print(f'written: {args.out}/benchmark.md, .json, .png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
