@@ -1,2 +1,4 @@
 from .backbones import *  # noqa: F401,F403
 from .blocks import *  # noqa: F401,F403
+from .heads import *  # noqa: F401,F403
+from .necks import *  # noqa: F401,F403

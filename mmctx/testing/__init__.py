@@ -1,4 +1,4 @@
 """Tiny datasets in the real on-disk layouts, for tests and smoke runs."""
-from .tiny_data import make_cityscapes
+from .tiny_data import make_ade20k, make_cityscapes
 
-__all__ = ['make_cityscapes']
+__all__ = ["make_ade20k", "make_cityscapes"]

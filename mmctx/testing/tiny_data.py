@@ -68,3 +68,41 @@ def make_cityscapes(root: str, splits: Dict[str, int] = None,
             Image.fromarray(label).save(
                 osp.join(ann_dir, f'{stem}_gtFine_labelTrainIds.png'))
     return root
+
+
+#: ADE20K has 150 classes; label 0 is "other" and ignored (reduce_zero_label)
+ADE20K_NUM_CLASSES = 150
+
+
+def make_ade20k(root: str, splits: Dict[str, int] = None,
+                size: Tuple[int, int] = (96, 128), seed: int = 0) -> str:
+    """Write a tiny ADE20K (``ADEChallengeData2016``) in mmseg's layout; return ``root``.
+
+    Layout::
+
+        root/images/{training,validation}/ADE_{train,val}_{i:08d}.jpg
+        root/annotations/{training,validation}/ADE_{train,val}_{i:08d}.png
+
+    Labels are 0..150 with 0 = "other" (mmseg's ``reduce_zero_label`` maps it to 255).
+
+    Args:
+        root: output directory (created).
+        splits: images per split, default ``{'training': 4, 'validation': 2}``.
+        size: ``(height, width)``.
+        seed: the same seed writes the same files.
+    """
+    splits = dict(training=4, validation=2) if splits is None else splits
+    colors = _class_colors(ADE20K_NUM_CLASSES + 1, seed)
+    rng = np.random.RandomState(seed)
+    for split, count in splits.items():
+        tag = 'train' if split == 'training' else 'val'
+        img_dir = osp.join(root, 'images', split)
+        ann_dir = osp.join(root, 'annotations', split)
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(ann_dir, exist_ok=True)
+        for i in range(count):
+            img, label = _scene(rng, size, colors, ADE20K_NUM_CLASSES + 1, 0)
+            stem = f'ADE_{tag}_{i + 1:08d}'
+            Image.fromarray(img).save(osp.join(img_dir, stem + '.jpg'), quality=95)
+            Image.fromarray(label).save(osp.join(ann_dir, stem + '.png'))
+    return root

@@ -4,7 +4,7 @@ from typing import Any
 from mmaction.models.backbones.resnet3d import ResNet3d
 
 from ...registry import MODELS
-from ..blocks._base import ContextBlockBase
+from ..blocks._base import ContextBlockBase, build_block
 
 
 @MODELS.register_module()
@@ -35,14 +35,12 @@ class ContextResNet3d(ResNet3d):
         if 'non_local_cfg' in kwargs:
             raise ValueError('ContextResNet3d takes context_cfg (an mmctx block config) '
                              'instead of non_local_cfg')
-        if not isinstance(context_cfg, dict) or 'type' not in context_cfg:
-            raise TypeError(f'context_cfg must be a dict with a "type", got {context_cfg!r}')
         super().__init__(*args, **kwargs)
         self.context_cfg = dict(context_cfg)
         for block in self.modules():
             if getattr(block, 'non_local', False) and hasattr(block, 'non_local_block'):
                 channels = block.non_local_block.in_channels
-                block.non_local_block = MODELS.build(
+                block.non_local_block = build_block(
                     dict(self.context_cfg, in_channels=channels, dim=3))
 
     def context_blocks(self):

@@ -98,6 +98,22 @@ class ContextBlockBase(nn.Module):
         return f'in_channels={self.in_channels}, dim={self.dim}'
 
 
+def build_block(cfg: Any, **default_args: Any) -> nn.Module:
+    """Build an mmctx block from a config, whatever the caller's default scope.
+
+    Inside an mmseg/mmdet/mmaction run the default scope is theirs, where unprefixed
+    mmctx names do not resolve; here both ``'NonLocalBlock'`` and
+    ``'mmctx.NonLocalBlock'`` do.
+    """
+    from mmengine.registry import DefaultScope
+
+    from ...registry import MODELS
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise TypeError(f'a block config must be a dict with a "type", got {cfg!r}')
+    with DefaultScope.overwrite_default_scope('mmctx'):
+        return MODELS.build(cfg, default_args=default_args or None)
+
+
 def zero_init_last(module: Optional[nn.Module]) -> None:
     """Zero the weights of the last layer with weights in ``module``."""
     if module is None:

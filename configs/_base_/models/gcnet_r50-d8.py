@@ -1,0 +1,12 @@
+# R-50-D8 + mmctx.ContextHead with GC block, as mmseg's GCHead (ratio 1/4, attention pooling, add fusion).
+# mmseg's FCN base (ResNetV1c-50, output stride 8, FCN aux head) with the decode head
+# swapped: conv -> block -> conv, concat_input, dropout 0.1, classifier.
+_base_ = ['mmseg::_base_/models/fcn_r50-d8.py']
+model = dict(
+    decode_head=dict(
+        type='mmctx.ContextHead',
+        block=dict(
+            type='mmctx.GlobalContextBlock',
+            ratio=1. / 4,
+            pooling_type='att',
+            fusion_types=('channel_add', ))))

@@ -1,0 +1,3 @@
+from .context_neck import ContextNeck
+
+__all__ = ['ContextNeck']

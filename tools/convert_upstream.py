@@ -1,0 +1,69 @@
+"""Convert a released mmseg NLHead / DNLHead / GCHead checkpoint to mmctx.
+
+    python tools/convert_upstream.py SRC.pth DST.pth
+
+The kind is detected from the keys; the output loads (strictly) into the matching
+mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py or
+configs/gcnet/gcnet_*.py with the same backbone and dataset as the upstream config.
+The checkpoint is read with torch's safe loader (weights_only=True); pass
+--trust-checkpoint only for a file you trust that the safe loader refuses.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+import mmctx  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
+from mmctx.models.convert import MMSEG_HEADS, ConversionError, convert_mmseg_segmentor, \
+    describe_block
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('src', help='upstream checkpoint (.pth)')
+    parser.add_argument('dst', help='where to write the mmctx checkpoint')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='load with weights_only=False (only for files you trust)')
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.src):
+        parser.error(f'no such file: {args.src}')
+    if osp.abspath(args.src) == osp.abspath(args.dst):
+        parser.error('DST must differ from SRC (the source is never overwritten)')
+    try:
+        ckpt = torch.load(args.src, map_location='cpu',
+                          weights_only=not args.trust_checkpoint)
+    except Exception as e:  # noqa: BLE001  (report any unpickling failure clearly)
+        print(f'error: could not read {args.src} with the safe loader: '
+              f'{str(e).splitlines()[0]}\nIf you trust this file, re-run with '
+              '--trust-checkpoint.', file=sys.stderr)
+        return 1
+    if not isinstance(ckpt, dict):
+        print(f'error: {args.src} holds a {type(ckpt).__name__}, not a checkpoint dict',
+              file=sys.stderr)
+        return 1
+    state_dict = ckpt.get('state_dict', ckpt)
+    try:
+        converted, kind = convert_mmseg_segmentor(state_dict)
+    except ConversionError as e:
+        print(f'error: cannot convert {args.src}: {e}', file=sys.stderr)
+        return 1
+    out = dict(ckpt, state_dict=converted) if 'state_dict' in ckpt else dict(
+        state_dict=converted)
+    meta = dict(out.get('meta') or {})
+    meta['mmctx_converted_from'] = dict(source=osp.basename(args.src), head=kind)
+    out['meta'] = meta
+    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
+    torch.save(out, args.dst)
+    changed = sum(1 for a, b in zip(state_dict, converted) if a != b)
+    print(f'{args.src}: mmseg {kind} segmentor -> {MMSEG_HEADS[kind][2]} in '
+          f'mmctx.ContextHead ({len(converted)} tensors, {changed} keys renamed)')
+    for note in describe_block(kind, state_dict):
+        print(f'  note: {note}')
+    print(f'written: {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
