@@ -6,11 +6,14 @@ the ``mmctx.`` prefix mmengine imports ``mmctx.registry``, and ``locations`` mak
 registry import the modules that fill it on first use. ``custom_imports=dict(
 imports=['mmctx'])`` works too.
 """
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
 MODELS = Registry(
     'model', parent=MMENGINE_MODELS, scope='mmctx', locations=['mmctx.models'])
+DATASETS = Registry(
+    'dataset', parent=MMENGINE_DATASETS, scope='mmctx', locations=['mmctx.datasets'])
 
 #: every registry mmctx defines, by name (the collision test walks these)
-ALL_REGISTRIES = dict(models=MODELS)
+ALL_REGISTRIES = dict(models=MODELS, datasets=DATASETS)

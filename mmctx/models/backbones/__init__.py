@@ -1,7 +1,9 @@
 """Backbone integrations (import only what the installed upstream packages allow)."""
 import importlib.util
 
-__all__ = []
+from .tiny_convnet import TinyConvNet
+
+__all__ = ['TinyConvNet']
 
 if importlib.util.find_spec('mmaction') is not None:
     from .resnet3d import ContextResNet3d  # noqa: F401
