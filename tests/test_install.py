@@ -60,7 +60,7 @@ def test_drn_cli_help():
     assert '--remove' in out and '--check' in out
 
 
-@pytest.mark.parametrize('rel', ['tools/setup_env.sh', 'tools/dist_train.sh',
+@pytest.mark.parametrize('rel', ['tools/setup_env.sh', 'tools/dist_train.sh', 'tools/_dist_common.sh',
                                  'tools/dist_test.sh', '.ci/run'])
 def test_scripts_are_valid_bash(rel):
     from .conftest import ROOT, run

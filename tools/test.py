@@ -5,16 +5,16 @@ mmengine's ``DumpResults``). Works for mmseg, mmdet and mmaction2 configs, on GP
 and on CPU (see tools/train.py).
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmctx  # noqa: F401  (safe checkpoint loading, registries)
-from mmctx.utils import init_cpu_distributed, prepare_cfg
+from mmctx.utils import (add_launch_args, init_cpu_distributed, parse_launch_args,
+                         prepare_cfg)
 
 
 def parse_args():
@@ -26,17 +26,8 @@ def parse_args():
     parser.add_argument('--show-dir', help='save drawn predictions in this directory')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (the config\'s tta_model/tta_pipeline)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings in the config, key=value pairs')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launch_args(parser)
+    return parse_launch_args(parser)
 
 
 def main():

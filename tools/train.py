@@ -6,14 +6,14 @@ configs (the config's ``default_scope`` picks the registries), on GPUs and on CP
 sets ``syncbn_to_bn=False``).
 """
 import argparse
-import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmctx  # noqa: F401  (safe checkpoint loading, registries)
-from mmctx.utils import init_cpu_distributed, prepare_cfg
+from mmctx.utils import (add_launch_args, init_cpu_distributed, parse_launch_args,
+                         prepare_cfg)
 
 
 def parse_args():
@@ -26,19 +26,8 @@ def parse_args():
     parser.add_argument(
         '--amp', action='store_true', default=False,
         help='enable automatic-mixed-precision training (GPU only)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings in the config, key=value pairs, e.g. '
-        'train_cfg.max_iters=100 syncbn_to_bn=True')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launch_args(parser)
+    return parse_launch_args(parser)
 
 
 def main():

@@ -1,4 +1,8 @@
 from .config import SYNCBN_TYPES, syncbn_to_bn
-from .launch import init_cpu_distributed, prepare_cfg
+from .launch import (add_launch_args, init_cpu_distributed, parse_launch_args,
+                     prepare_cfg)
 
-__all__ = ['SYNCBN_TYPES', 'syncbn_to_bn', 'init_cpu_distributed', 'prepare_cfg']
+__all__ = [
+    'SYNCBN_TYPES', 'syncbn_to_bn', 'add_launch_args', 'parse_launch_args',
+    'init_cpu_distributed', 'prepare_cfg'
+]

@@ -12,6 +12,28 @@ from mmengine.logging import print_log
 from .config import resolve_syncbn_switch, syncbn_to_bn
 
 
+def add_launch_args(parser) -> None:
+    """The arguments train.py and test.py share: --cfg-options, --launcher, --local-rank."""
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings in the config, key=value pairs, e.g. '
+        'train_cfg.max_iters=100 syncbn_to_bn=True')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_launch_args(parser):
+    """Parse, and export ``LOCAL_RANK`` for launchers that pass it as an argument."""
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
 def init_cpu_distributed(launcher: str) -> bool:
     """Start a gloo process group for ``launcher='pytorch'`` on a machine without CUDA.
 
