@@ -91,8 +91,8 @@ def plot(result, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config', nargs='?', help='an mmseg/mmdet/mmaction config')
-    parser.add_argument('--shape', type=int, nargs='+', default=[512, 1024],
-                        help='input H W (or T H W for video configs)')
+    parser.add_argument('--shape', type=int, nargs=2, default=[512, 1024],
+                        metavar=('H', 'W'), help='input height and width (image models)')
     parser.add_argument('--out', default='work_dirs/complexity')
     parser.add_argument('--gcnet-check', action='store_true',
                         help="compare with GCNet's ResNet-50 numbers instead")
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
         parser.error('give a CONFIG (or --gcnet-check)')
     if not osp.isfile(args.config):
         parser.error(f'no such config: {args.config}')
-    if len(args.shape) not in (2, 3) or min(args.shape) < 1:
-        parser.error(f'--shape takes H W or T H W (positive), got {args.shape}')
+    if min(args.shape) < 1:
+        parser.error(f'--shape takes a positive H W, got {args.shape}')
     from mmctx.analysis import complexity_report, count_complexity
     model = build_from_config(args.config)
     x = torch.randn(1, 3, *args.shape)
