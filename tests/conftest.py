@@ -1,3 +1,5 @@
+import glob
+import json
 import os
 import os.path as osp
 import socket
@@ -38,6 +40,14 @@ def tiny_cityscapes(tmp_path_factory):
     from mmctx.testing import make_cityscapes
     return make_cityscapes(str(tmp_path_factory.mktemp('cityscapes')),
                            splits=dict(train=4, val=2), size=(96, 192))
+
+
+def scalars(work_dir: str) -> list:
+    """The records of the newest run's ``vis_data/scalars.json`` under ``work_dir``."""
+    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
+    assert files, f'no scalars.json under {work_dir}'
+    with open(files[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def data_root_options(root: str) -> list:

@@ -1,8 +1,6 @@
 """Segmentation: ContextHead / ContextNeck, every config, checkpoint conversion, e2e."""
 import glob
-import json
 import math
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from mmengine.config import Config
 import mmctx  # noqa: F401
 from mmctx.utils import syncbn_to_bn
 
-from .conftest import ROOT, free_port, python, run
+from .conftest import ROOT, free_port, python, run, scalars
 
 CONFIGS = sorted(
     f for f in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
@@ -193,8 +191,7 @@ def tiny_overrides(data_root, crop=(64, 128), scale=(256, 128)):
 
 
 def check_run(work_dir, out):
-    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    records = [json.loads(line) for line in open(files[-1]) if line.strip()]
+    records = scalars(work_dir)
     losses = [r['loss'] for r in records if 'loss' in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert any('mIoU' in r for r in records) and 'mIoU' in out

@@ -1,10 +1,9 @@
 """tools/train.py, test.py, dist_train.sh, dist_test.sh on CPU, and safe resume."""
-import glob
-import json
 import math
 import os
 import os.path as osp
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -16,14 +15,8 @@ import mmctx  # noqa: F401
 from mmctx.utils import prepare_cfg, syncbn_to_bn
 from mmctx.utils.config import resolve_syncbn_switch
 
-from .conftest import RECORD_CONFIG, ROOT, SMOKE_CONFIG, data_root_options, free_port, python, run
-
-
-def scalars(work_dir):
-    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    assert files, f'no scalars.json under {work_dir}'
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from .conftest import (RECORD_CONFIG, ROOT, SMOKE_CONFIG, data_root_options, free_port,
+                       python, run, scalars)
 
 
 def train(work_dir, data_root, iters, *extra, config=RECORD_CONFIG):
@@ -121,8 +114,8 @@ def test_dist_train_and_test_two_cpu_processes(tmp_path, tiny_cityscapes):
 
 def test_dist_scripts_print_usage():
     for script, nargs in (('tools/dist_train.sh', 1), ('tools/dist_test.sh', 2)):
-        proc = __import__('subprocess').run(['bash', script] + ['x'] * nargs, cwd=ROOT,
-                                             capture_output=True, text=True)
+        proc = subprocess.run(['bash', script] + ['x'] * nargs, cwd=ROOT,
+                              capture_output=True, text=True)
         assert proc.returncode == 2 and 'usage:' in proc.stderr
 
 
