@@ -10,6 +10,18 @@ from .conftest import ROOT
 
 METAFILES = sorted(glob.glob(osp.join(ROOT, 'configs', '*', 'metafile.yaml')))
 
+#: task -> (Metadata columns, Reference metrics, mmctx metrics), in README column order:
+#: | [name](name.py) | metadata... | reference metrics... | reference source | mmctx metrics... |
+#: A model's ``Task`` defaults to semantic segmentation.
+TASKS = {
+    'Semantic Segmentation': (['Dataset', 'Backbone', 'Crop Size', 'Lr schd'],
+                              ['mIoU', 'mIoU(ms+flip)'], ['mIoU']),
+    'Instance Segmentation': (['Dataset', 'Backbone', 'Norm', 'Blocks', 'Lr schd'],
+                              ['box AP', 'mask AP'], ['box AP', 'mask AP']),
+    'Action Recognition': (['Dataset', 'Backbone', 'Frames', 'Blocks', 'Lr schd'],
+                           ['top1 acc', 'top5 acc'], ['top1 acc']),
+}
+
 
 def fmt(value):
     return '—' if value is None else f'{value:g}'
@@ -39,11 +51,16 @@ def test_metafile_and_readme_agree(metafile):
         assert osp.isfile(osp.join(ROOT, m['Config'])), m['Config']
         assert osp.splitext(osp.basename(m['Config']))[0] == m['Name']
         named.add(osp.basename(m['Config']))
+        task = m.get('Task', 'Semantic Segmentation')
+        assert task in TASKS, (m['Name'], task)
+        _, ref_metrics, our_metrics = TASKS[task]
         ours = m['mmctx']
-        if ours['mIoU'] is not None:  # an mmctx number needs the command that made it
+        if any(ours[k] is not None for k in our_metrics):  # needs the command that made it
             assert ours['Command'], m['Name']
         ref = m['Reference']
-        assert (ref['mIoU'] is None) == (ref['Source'] is None), m['Name']
+        assert all(k in ref for k in ref_metrics), m['Name']
+        has_ref = any(ref[k] is not None for k in ref_metrics)
+        assert has_ref == (ref['Source'] is not None), m['Name']
     on_disk = {osp.basename(f) for f in glob.glob(osp.join(folder, '*.py'))}
     assert on_disk == named, f'configs without a metafile entry: {on_disk - named}'
 
@@ -54,9 +71,9 @@ def test_metafile_and_readme_agree(metafile):
         link, cells = rows[m['Name']]
         assert link == m['Name'] + '.py'
         md, ref, ours = m['Metadata'], m['Reference'], m['mmctx']
-        expected = [md['Dataset'], md['Backbone'], md['Crop Size'], md['Lr schd'],
-                    fmt(ref['mIoU']), fmt(ref['mIoU(ms+flip)']), ref['Source'] or '—',
-                    fmt(ours['mIoU'])]
+        columns, ref_metrics, our_metrics = TASKS[m.get('Task', 'Semantic Segmentation')]
+        expected = ([str(md[c]) for c in columns] + [fmt(ref[k]) for k in ref_metrics]
+                    + [ref['Source'] or '—'] + [fmt(ours[k]) for k in our_metrics])
         assert cells == expected, m['Name']
 
 
