@@ -1,0 +1,6 @@
+_base_ = './baseline_tinyconv_1xb16-600iter_contextshapes-global.py'
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    decode_head=dict(
+        type='mmctx.ContextHead',
+        block=dict(type='mmctx.PairwiseNonLocalBlock', norm_cfg=norm_cfg)))

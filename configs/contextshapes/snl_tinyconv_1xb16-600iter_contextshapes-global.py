@@ -1,0 +1,5 @@
+_base_ = './baseline_tinyconv_1xb16-600iter_contextshapes-global.py'
+model = dict(
+    decode_head=dict(
+        type='mmctx.ContextHead',
+        block=dict(type='mmctx.SimplifiedNonLocalBlock')))
