@@ -5,6 +5,10 @@ from .tiny_convnet import TinyConvNet
 
 __all__ = ['TinyConvNet']
 
+if importlib.util.find_spec('mmdet') is not None:
+    from .context_resnet import ContextResNet  # noqa: F401
+    __all__.append('ContextResNet')
+
 if importlib.util.find_spec('mmaction') is not None:
-    from .resnet3d import ContextResNet3d  # noqa: F401
-    __all__.append('ContextResNet3d')
+    from .resnet3d import ContextResNet3d, ContextResNet3dSlowOnly  # noqa: F401
+    __all__ += ['ContextResNet3d', 'ContextResNet3dSlowOnly']
