@@ -1,0 +1,113 @@
+"""What each context term of a block adds to its output, before fusion.
+
+A block's context modeling can have several terms (DNL: a query-specific *pairwise*
+term and a query-independent *unary* term; LESA: a local unary and a binary term).
+``term_contributions(block, x)`` returns, for each term ``t``, the tensor ``c_t``
+``(N, C, *S)`` that the term adds to the block's output: the block output is
+``fusion(x, Σ_t c_t + b)`` where ``b`` is a bias that belongs to no term (for example
+the folded bias of an output conv + BN), so the terms' contributions are comparable.
+
+The functions live in a small registry keyed by block class (looked up along the
+MRO), so a new block — e.g. LESA — plugs in with::
+
+    @register_term_contributions(LesaBlock)
+    def _lesa_terms(block, x):
+        return {'unary': ..., 'binary': ...}
+"""
+from typing import Callable, Dict, Type
+
+import torch
+import torch.nn as nn
+
+from ..models.blocks._base import upcast
+from ..models.blocks.global_context import GlobalContextBlock
+from ..models.blocks.non_local import PairwiseContextBlock, unflatten
+
+Contributions = Dict[str, torch.Tensor]
+TERM_CONTRIBUTIONS: Dict[Type[nn.Module], Callable[[nn.Module, torch.Tensor],
+                                                   Contributions]] = {}
+
+
+def register_term_contributions(cls: Type[nn.Module]):
+    """Decorator: register ``fn(block, x) -> {term: (N, C, *S)}`` for ``cls``."""
+
+    def wrap(fn):
+        TERM_CONTRIBUTIONS[cls] = fn
+        return fn
+
+    return wrap
+
+
+def find_term_function(block: nn.Module):
+    """The registered function for ``block``'s class (or a base class), or None."""
+    for cls in type(block).__mro__:
+        if cls in TERM_CONTRIBUTIONS:
+            return TERM_CONTRIBUTIONS[cls]
+    return None
+
+
+@torch.no_grad()
+def term_contributions(block: nn.Module, x: torch.Tensor) -> Contributions:
+    """``{term: (N, C, *S)}``: each context term's additive contribution before fusion.
+
+    Raises:
+        TypeError: no function is registered for the block's class.
+    """
+    fn = find_term_function(block)
+    if fn is None:
+        raise TypeError(f'no term-contribution function registered for '
+                        f'{type(block).__name__}; known: '
+                        f'{sorted(c.__name__ for c in TERM_CONTRIBUTIONS)}')
+    return fn(block, x)
+
+
+@register_term_contributions(PairwiseContextBlock)
+def _pairwise_block_terms(block: PairwiseContextBlock, x: torch.Tensor) -> Contributions:
+    """NL / DNL / pairwise-only / unary-only.
+
+    ``value='reduced'``: ``out = x + conv_out(y_pair + y_unary)``; ``conv_out`` (conv +
+    eval-mode norm) is affine, ``conv_out(z) = A z + b``, so term ``t`` contributes
+    ``A y_t = conv_out(y_t) − conv_out(0)`` and ``b`` belongs to no term.
+    ``value='full'``: ``out = x + γ·y_pair + y_unary``, the contributions are
+    ``γ·y_pair`` and ``y_unary``.
+    """
+    block.check_input(x)
+    spatial = tuple(x.shape[2:])
+    q, k, v = block.project(x)
+    q_mean = None
+    if q is not None:
+        q, k, q_mean = block.whitening(q, k)
+    ys = {}
+    if block.pairwise:
+        ys['pairwise'] = block.pairwise_term(q, k, v, need_weights=False)[0]
+    if block.unary != 'none':
+        weights = block.unary_weights(x, q_mean, k)
+        ys['unary'] = torch.bmm(weights, upcast(v)).to(v.dtype)  # (N, 1, dv)
+    out = {}
+    if block.value == 'reduced':
+        zero = block.conv_out(x.new_zeros((x.shape[0], v.shape[2]) + (1, ) * len(spatial)))
+        for term, y in ys.items():
+            c = block.conv_out(unflatten(y, spatial)) - zero
+            out[term] = c.expand_as(x)
+    else:
+        for term, y in ys.items():
+            c = unflatten(y, spatial)
+            out[term] = (block.gamma * c if term == 'pairwise' else c).expand_as(x)
+    return out
+
+
+@register_term_contributions(GlobalContextBlock)
+def _global_context_terms(block: GlobalContextBlock, x: torch.Tensor) -> Contributions:
+    """GC / SNL / SE: one query-independent term.
+
+    The contribution is the transform's output broadcast over positions: the added
+    vector ``channel_add_conv(context)`` with add fusion; with multiplicative fusion
+    only (SE), the gate ``sigmoid(channel_mul_conv(context))``.
+    """
+    block.check_input(x)
+    context = block.context(x)
+    if block.channel_add_conv is not None:
+        c = block.channel_add_conv(context)
+    else:
+        c = torch.sigmoid(block.channel_mul_conv(context))
+    return {'unary': c.expand_as(x)}
