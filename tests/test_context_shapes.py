@@ -46,6 +46,12 @@ def test_generator_is_deterministic(variant, tmp_path):
     stamp = os.stat(osp.join(a, 'img_dir', 'train', '00000.png')).st_mtime_ns
     generate_context_shapes(str(tmp_path / 'a'), variant, 6, 3, seed=1)
     assert os.stat(osp.join(a, 'img_dir', 'train', '00000.png')).st_mtime_ns == stamp
+    # fewer images: the shared ones are the same, the extra ones are gone
+    generate_context_shapes(str(tmp_path / 'a'), variant, 4, 2, seed=1)
+    for sub, n in (('img_dir/train', 4), ('ann_dir/train', 4), ('img_dir/val', 2)):
+        assert sorted(os.listdir(osp.join(a, sub))) == [f'{i:05d}.png' for i in range(n)]
+    assert filecmp.cmp(osp.join(a, 'img_dir/train/00003.png'),
+                       osp.join(b, 'img_dir/train/00003.png'), shallow=False)
 
 
 def test_dataset_loads_through_the_mmseg_pipeline(tmp_path):

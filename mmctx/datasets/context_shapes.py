@@ -132,8 +132,8 @@ def generate_context_shapes(root: str, variant: str, num_train: int = 512,
     """Write one variant to ``root/variant`` (deterministic in ``seed``); return its dir.
 
     Image ``i`` of a split depends only on (seed, split, i), so changing the counts
-    keeps the images that both runs share. An existing complete copy with the same
-    parameters is left untouched.
+    keeps the images that both runs share (images beyond a smaller count are removed).
+    An existing complete copy with the same parameters is left untouched.
     """
     for name, value in (('num_train', num_train), ('num_val', num_val)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -150,6 +150,11 @@ def generate_context_shapes(root: str, variant: str, num_train: int = 512,
         img_dir, ann_dir = osp.join(out, 'img_dir', split), osp.join(out, 'ann_dir', split)
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(ann_dir, exist_ok=True)
+        for d in (img_dir, ann_dir):  # a previous copy with more images: drop the extra
+            for name in os.listdir(d):
+                stem, ext = osp.splitext(name)
+                if ext == '.png' and stem.isdigit() and int(stem) >= count:
+                    os.remove(osp.join(d, name))
         for i in range(count):
             rng = np.random.RandomState([seed, offset, i, VARIANTS.index(variant)])
             img, label, _ = make_sample(variant, rng, size)
