@@ -286,13 +286,24 @@ def mean_js_divergence(rows: torch.Tensor) -> float:
 def _valid_positions(shape, inputs_hw, data_sample) -> torch.Tensor:
     """Flat indices of feature positions inside the image (not the batch padding)."""
     h, w = shape[-2:]
-    img_h, img_w = data_sample.metainfo.get('img_shape', inputs_hw)[:2]
+    meta = {} if data_sample is None else data_sample.metainfo
+    img_h, img_w = meta.get('img_shape', inputs_hw)[:2]
     rows = min(h, math.ceil(img_h * h / inputs_hw[0]))
     cols = min(w, math.ceil(img_w * w / inputs_hw[1]))
     grid = torch.arange(h * w).reshape(h, w)
     lead = math.prod(shape[:-2])  # 3D blocks: every frame
     per_frame = grid[:rows, :cols].flatten()
     return torch.cat([per_frame + f * h * w for f in range(lead)])
+
+
+def _prepared(model: nn.Module, image):
+    """``(inputs, data_samples)`` for one image: a path / array (test pipeline), a
+    preprocessed ``(1, 3, H, W)`` tensor, or an ``(inputs, data_samples)`` pair."""
+    if isinstance(image, torch.Tensor):
+        return image, None
+    if isinstance(image, tuple):
+        return image
+    return prepare_inputs(model, image)
 
 
 def _block_type(block: nn.Module) -> str:
@@ -336,7 +347,9 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
     * ``feature_cosine_distance``: the same for the outputs before fusion ``o_i``
       (GCNet's "output" column: ≈0 when every query receives the same context).
 
-    Each statistic is averaged over images. Returns a list of dicts with these keys
+    ``images``: paths or BGR arrays (run through the test pipeline), or already
+    preprocessed ``(1, 3, H, W)`` tensors / ``(inputs, data_samples)`` pairs, one image
+    each. Each statistic is averaged over images. Returns a list of dicts with these keys
     plus ``block``, ``type``, ``terms``, ``shape``, ``num_images``, ``num_queries``.
     """
     if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 2:
@@ -347,11 +360,12 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
     sums: Dict[str, Dict[str, List[float]]] = OrderedDict()
     info: Dict[str, dict] = {}
     for index, img in enumerate(images):
-        inputs, samples = (img if isinstance(img, tuple) else prepare_inputs(model, img))
+        inputs, samples = _prepared(model, img)
         records = collect_attention(model, inputs, samples, with_features=True)
         for name, rec in records.items():
             block = blocks[name]
-            valid = _valid_positions(rec['shape'], inputs.shape[-2:], samples[0])
+            valid = _valid_positions(rec['shape'], inputs.shape[-2:],
+                                     samples[0] if samples else None)
             if valid.numel() < 2:
                 continue
             pick = valid[torch.randperm(valid.numel(), generator=gen)[:num_queries]]
@@ -409,13 +423,14 @@ def term_shares(model: nn.Module, images, progress: bool = False) -> List[dict]:
     blocks = context_blocks(model)
     norms: Dict[str, Dict[str, List[float]]] = OrderedDict()
     for index, img in enumerate(images):
-        inputs, samples = (img if isinstance(img, tuple) else prepare_inputs(model, img))
+        inputs, samples = _prepared(model, img)
         records = collect_attention(model, inputs, samples, with_features=True)
         for name, rec in records.items():
             terms = rec.get('terms', {})
             if len(terms) < 2:
                 continue
-            valid = _valid_positions(rec['shape'], inputs.shape[-2:], samples[0])
+            valid = _valid_positions(rec['shape'], inputs.shape[-2:],
+                                     samples[0] if samples else None)
             for term, c in terms.items():
                 per_position = c[0].flatten(1).norm(dim=0)[valid]  # (L, )
                 norms.setdefault(name, OrderedDict()).setdefault(term, []).append(

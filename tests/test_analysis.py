@@ -1,0 +1,376 @@
+"""Attention analysis tools: maps, query independence, term shares (issue 5 §3).
+
+Unit tests on random blocks, then the three CLIs on tiny ContextShapes checkpoints
+(DNL and unary-only, a few iterations of tools/train.py).
+"""
+import glob
+import importlib.util
+import math
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmctx.analysis import (collect_attention, context_blocks, effective_map,
+                            mean_cosine_distance, mean_js_divergence, query_independence,
+                            register_term_contributions, term_contributions, term_shares)
+from mmctx.analysis.terms import TERM_CONTRIBUTIONS
+from mmctx.models.blocks import (DisentangledNonLocalBlock, GlobalContextBlock,
+                                 NonLocalBlock, PairwiseNonLocalBlock,
+                                 SimplifiedNonLocalBlock, SqueezeExcitationBlock,
+                                 UnaryNonLocalBlock)
+
+from .conftest import ROOT, data_root_options, python
+
+
+def randomized(block: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial weights and BN statistics (a new block is the identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        for name, b in block.named_buffers():
+            if name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+            elif name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    return block.eval()
+
+
+BN = dict(type='BN')
+BLOCKS = {
+    'dnl': lambda: DisentangledNonLocalBlock(8, norm_cfg=BN),
+    'dnl_official_det': lambda: DisentangledNonLocalBlock(8, preset='official_det'),
+    'pairwise': lambda: PairwiseNonLocalBlock(8, norm_cfg=BN),
+    'unary': lambda: UnaryNonLocalBlock(8, norm_cfg=BN),
+    'nl_subsample': lambda: NonLocalBlock(8, sub_sample=True),
+    'nl_dot': lambda: NonLocalBlock(8, mode='dot_product'),
+    'gc': lambda: GlobalContextBlock(8, ratio=0.5),
+    'snl': lambda: SimplifiedNonLocalBlock(8),
+    'se': lambda: SqueezeExcitationBlock(8, ratio=0.5),
+}
+
+
+# ------------------------------------------------------------------------ metrics
+def test_distances_match_a_hand_computation_and_are_exactly_zero_for_equal_rows():
+    rows = torch.rand(5, 7, generator=torch.Generator().manual_seed(0)) + 0.01
+    pairs = [(i, j) for i in range(5) for j in range(5) if i != j]
+    cos = np.mean([1 - float(F.cosine_similarity(rows[i], rows[j], 0)) for i, j in pairs])
+    p = rows / rows.sum(1, keepdim=True)
+
+    def kl(a, b):
+        return float((a * torch.log2(a / b)).sum())
+
+    js = np.mean([0.5 * kl(p[i], (p[i] + p[j]) / 2) + 0.5 * kl(p[j], (p[i] + p[j]) / 2)
+                  for i, j in pairs])
+    assert mean_cosine_distance(rows) == pytest.approx(cos, rel=1e-5)
+    assert mean_js_divergence(rows) == pytest.approx(js, rel=1e-5)
+    same = torch.rand(1, 999).expand(40, -1) / 3  # cos of equal rows rounds below 1
+    assert mean_cosine_distance(same) == 0.0 and mean_js_divergence(same) == 0.0
+    assert math.isnan(mean_js_divergence(rows - 0.5))  # not distributions
+    with pytest.raises(ValueError, match='at least 2 rows'):
+        mean_cosine_distance(rows[:1])
+
+
+# ------------------------------------------------------------ hooks on random blocks
+@pytest.mark.parametrize('name', list(BLOCKS))
+def test_collect_attention_records_the_explicit_path(name):
+    block = randomized(BLOCKS[name]())
+    model = nn.Sequential(nn.Conv2d(8, 8, 1), block)
+    x = torch.randn(2, 8, 6, 5)
+    rec = collect_attention(model, x, with_features=True)['1']
+    assert rec['shape'] == (6, 5)
+    _, maps = block.forward_with_attention(model[0](x))
+    assert set(maps) == {k for k in rec if k in ('pairwise', 'unary')}
+    for term, m in maps.items():
+        torch.testing.assert_close(rec[term], m)
+    if 'pairwise' in rec:
+        assert rec['pairwise'].shape == (2, 30, 30 if name != 'nl_subsample' else 6)
+        if name != 'nl_dot':  # softmax modes: rows are distributions
+            torch.testing.assert_close(rec['pairwise'].sum(-1), torch.ones(2, 30))
+    if name == 'nl_subsample':
+        assert rec['key_shape'] == (3, 2)
+    if 'unary' in rec:
+        assert rec['unary'].shape == (2, 1, 30)
+    if name == 'se':  # average pooling: uniform, not learned
+        torch.testing.assert_close(rec['unary'], torch.full((2, 1, 30), 1 / 30))
+
+
+@pytest.mark.parametrize('name', [n for n in BLOCKS if n != 'se'])
+def test_term_contributions_add_up_to_the_block_output(name):
+    """out = x + Σ_t c_t + b with b the same at every position (bias of conv_out+BN)."""
+    block = randomized(BLOCKS[name]())
+    x = torch.randn(2, 8, 6, 5)
+    terms = term_contributions(block, x)
+    rest = block(x) - x - sum(terms.values())
+    torch.testing.assert_close(rest, rest[..., :1, :1].expand_as(rest), atol=1e-5, rtol=0)
+    if getattr(block, 'value', 'reduced') == 'full' or isinstance(block, GlobalContextBlock):
+        torch.testing.assert_close(rest, torch.zeros_like(rest), atol=1e-5, rtol=0)
+
+
+def test_dnl_term_contributions_by_hand():
+    block = randomized(BLOCKS['dnl']())
+    x = torch.randn(1, 8, 4, 5)
+    c = term_contributions(block, x)
+    xf = x.flatten(2)  # (1, C, L)
+
+    def conv(layer, t):  # 1×1 conv on (1, C, L)
+        return torch.einsum('oc,ncl->nol', layer.weight[:, :, 0, 0], t) + layer.bias[:, None]
+
+    q, k, v = conv(block.theta, xf), conv(block.phi, xf), conv(block.g, xf)
+    q, k = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
+    attn = torch.softmax(torch.einsum('ndi,ndj->nij', q, k) / 2 / 0.05, dim=-1)  # √4 = 2
+    unary = torch.softmax(conv(block.conv_mask, xf), dim=-1)  # (1, 1, L)
+    y_pair = torch.einsum('nij,ndj->ndi', attn, v)
+    y_unary = torch.einsum('nj,ndj->nd', unary[:, 0], v)[..., None].expand_as(y_pair)
+    bn = block.conv_out.norm
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps))[:, None]
+    w = block.conv_out.conv.weight[:, :, 0, 0]
+    for term, y in (('pairwise', y_pair), ('unary', y_unary)):
+        hand = scale * torch.einsum('oc,ncl->nol', w, y)  # the linear part of conv+BN
+        torch.testing.assert_close(c[term].flatten(2), hand, atol=1e-5, rtol=1e-4)
+
+
+def test_query_independence_is_exactly_zero_for_query_independent_blocks():
+    x = [torch.randn(1, 8, 7, 6) for _ in range(2)]
+    for name in ('unary', 'gc', 'snl', 'se', 'dnl', 'pairwise'):
+        model = nn.Sequential(randomized(BLOCKS[name]()))
+        (row, ) = query_independence(model, x, num_queries=12)
+        assert row['num_images'] == 2 and row['num_queries'] == 12
+        assert row['input_cosine_distance'] > 0.1
+        if name in ('dnl', 'pairwise'):
+            assert row['cosine_distance'] > 0 and row['pairwise_cosine_distance'] > 0
+            assert 0 < row['js_divergence'] <= 1
+        else:
+            assert row['cosine_distance'] == 0.0 and row['js_divergence'] == 0.0
+            assert row['pairwise_cosine_distance'] is None
+            if name != 'se':  # SE's "output" is a gate
+                assert row['feature_cosine_distance'] == 0.0
+
+
+def test_effective_map_of_a_gated_dnl_block():
+    block = randomized(BLOCKS['dnl_official_det']())
+    rec = {'pairwise': torch.rand(1, 3, 3), 'unary': torch.rand(1, 1, 3)}
+    torch.testing.assert_close(effective_map(block, rec),
+                               block.gamma.detach() * rec['pairwise'] + rec['unary'])
+
+
+def test_term_shares_registry_takes_new_block_types():
+    class TwoTerms(GlobalContextBlock):  # stand-in for e.g. LESA: unary + binary terms
+        pass
+
+    @register_term_contributions(TwoTerms)
+    def _terms(block, x):
+        return {'unary': x * 1., 'binary': x * 3.}
+
+    try:
+        model = nn.Sequential(TwoTerms(8, ratio=0.5).eval())
+        (row, ) = term_shares(model, [torch.randn(1, 8, 5, 5)])
+        assert row['shares'] == pytest.approx({'unary': 0.25, 'binary': 0.75})
+    finally:
+        del TERM_CONTRIBUTIONS[TwoTerms]
+    assert term_shares(nn.Sequential(GlobalContextBlock(8, ratio=0.5)),
+                       [torch.randn(1, 8, 5, 5)]) == []  # one term: nothing to share
+
+
+def test_a_model_without_mmctx_blocks_is_refused():
+    with pytest.raises(ValueError, match='has no mmctx context block'):
+        context_blocks(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(TypeError, match='no term-contribution function'):
+        term_contributions(nn.Conv2d(3, 3, 1), torch.randn(1, 3, 2, 2))
+
+
+# ------------------------------------------------------- CLIs on trained checkpoints
+def contextshapes_config(prefix: str) -> str:
+    (path, ) = glob.glob(osp.join(ROOT, 'configs', 'contextshapes',
+                                  f'{prefix}_*contextshapes-global.py'))
+    return path
+
+
+ITERS = 3
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """Tiny ContextShapes data and DNL / unary-only checkpoints (trained concurrently)."""
+    from mmctx.datasets import generate_context_shapes
+    tmp = tmp_path_factory.mktemp('analysis')
+    root = generate_context_shapes(str(tmp / 'data'), 'global', num_train=4, num_val=2)
+    procs, out = {}, {}
+    for name in ('dnl', 'dnl-unary'):
+        work_dir = str(tmp / name)
+        cmd = [sys.executable, 'tools/train.py', contextshapes_config(name), '--work-dir',
+               work_dir, '--cfg-options', *data_root_options(root),
+               f'train_cfg.max_iters={ITERS}', f'train_cfg.val_interval={ITERS}',
+               f'default_hooks.checkpoint.interval={ITERS}', 'train_dataloader.batch_size=2',
+               f'param_scheduler.0.end={ITERS}']
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True,
+                                       env=dict(__import__('os').environ, PYTHONPATH=ROOT))
+        out[name] = (contextshapes_config(name), osp.join(work_dir, f'iter_{ITERS}.pth'))
+    for name, proc in procs.items():
+        log = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, f'training {name} failed:\n{log[-4000:]}'
+    out['root'] = root
+    out['image'] = osp.join(root, 'img_dir', 'val', '00000.png')
+    return out
+
+
+def cli(name: str):
+    """The CLI module tools/analysis/{name}.py, to call its main() in-process."""
+    spec = importlib.util.spec_from_file_location(
+        f'analysis_{name}', osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(md: str) -> list:
+    """Data rows of the markdown table(s): lines starting with '|', minus header/rule."""
+    lines = [line for line in md.splitlines() if line.startswith('|')]
+    return [line for line in lines[2:]]
+
+
+def block_input(model, image):
+    """The input of the model's only mmctx block for one image (a forward hook)."""
+    from mmctx.analysis import prepare_inputs
+    (block, ) = context_blocks(model).values()
+    seen = []
+    handle = block.register_forward_hook(lambda m, a, o: seen.append(a[0]))
+    inputs, samples = prepare_inputs(model, image)
+    with torch.no_grad():
+        model(inputs, samples, mode='tensor')
+    handle.remove()
+    return block, seen[0], (inputs, samples)
+
+
+def test_attention_maps_cli_and_hand_computed_maps(trained, tmp_path):
+    from PIL import Image
+
+    from mmctx.analysis import load_segmentor
+    config, ckpt = trained['dnl']
+    out = python('tools/analysis/attention_maps.py', config, ckpt, trained['image'],
+                 '--query', '10', '12', '--query', '50', '40', '--out-dir',
+                 str(tmp_path)).stdout
+    assert 'decode_head.dnl_block (DisentangledNonLocalBlock)' in out
+    md = open(tmp_path / 'attention_maps.md').read()
+    rows = table_rows(md)
+    assert len(rows) == 3  # pairwise @ 2 queries + the unary map
+    # 64×64 image, stride-2 features: (10, 12) → cell (5, 6)
+    assert '| pairwise | (10, 12) | (5, 6) |' in rows[0] and '| unary |' in rows[2]
+    width, height = Image.open(tmp_path / 'attention_maps.png').size
+    assert width >= 600 and height >= 150
+
+    # the recorded maps are the block's softmax maps, computed here from its weights
+    model = load_segmentor(config, ckpt)
+    block, x, prepared = block_input(model, trained['image'])
+    rec = collect_attention(model, *prepared)['decode_head.dnl_block']
+    xf = x.flatten(2)
+
+    def conv(layer):
+        return torch.einsum('oc,ncl->nol', layer.weight[:, :, 0, 0], xf) + layer.bias[:, None]
+
+    q, k = conv(block.theta), conv(block.phi)
+    q, k = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
+    scale = 1 / math.sqrt(q.shape[1]) / 0.05
+    pairwise = torch.softmax(torch.einsum('ndi,ndj->nij', q, k) * scale, dim=-1)
+    torch.testing.assert_close(rec['pairwise'], pairwise, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(rec['pairwise'].sum(-1), torch.ones(1, 32 * 32))
+    torch.testing.assert_close(rec['unary'], torch.softmax(conv(block.conv_mask), -1))
+    assert rec['shape'] == (32, 32)
+
+
+def test_attention_maps_bad_input(trained, tmp_path):
+    config, ckpt = trained['dnl']
+    main = cli('attention_maps').main
+    assert main([config, ckpt, trained['image'], '--query', '64', '3', '--out-dir',
+                 str(tmp_path)]) == 2  # outside the 64×64 image
+    with pytest.raises(SystemExit):
+        main([config, ckpt, 'missing.png', '--query', '1', '1', '--out-dir', str(tmp_path)])
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/query_independence.py',
+         contextshapes_config('baseline'), ckpt, '--images', trained['image'], '--out-dir',
+         str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+        env=dict(__import__('os').environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and 'has no mmctx context block' in proc.stderr
+
+
+def test_query_independence_cli(trained, tmp_path, capsys):
+    main = cli('query_independence').main
+    for name in ('dnl-unary', 'dnl'):
+        config, ckpt = trained[name]
+        out_dir = tmp_path / name
+        assert main([config, ckpt, '--split', 'val', '--cfg-options',
+                     f'val_dataloader.dataset.data_root={trained["root"]}',
+                     '--num-queries', '16', '--out-dir', str(out_dir)]) == 0
+        md = open(out_dir / 'query_independence.md').read()
+        (row, ) = table_rows(md)
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        att_cos, att_js, pair_cos, _, input_cos, output_cos, images = cells[3:]
+        assert images == '2' and float(input_cos) > 0
+        if name == 'dnl-unary':  # query-independent: exactly 0
+            assert cells[1] == 'UnaryNonLocalBlock'
+            assert att_cos == att_js == output_cos == '0' and pair_cos == '–'
+        else:
+            assert float(pair_cos) > 0 and float(att_cos) > 0
+        assert osp.getsize(out_dir / 'query_independence.png') > 1000
+    assert '[query independence] image 2/2' in capsys.readouterr().out
+
+
+def test_term_shares_cli_matches_a_hand_computation(trained, tmp_path):
+    from mmctx.analysis import load_segmentor
+    config, ckpt = trained['dnl']
+    main = cli('term_shares').main
+    pattern = osp.join(trained['root'], 'img_dir', 'val', '*.png')
+    assert main([config, ckpt, '--images', pattern, '--out-dir', str(tmp_path)]) == 0
+    (row, ) = table_rows(open(tmp_path / 'term_shares.md').read())
+    pair, unary = (float(c) for c in row.strip('|').split('|')[2:4])
+    assert pair + unary == pytest.approx(1, abs=2e-4)
+
+    # by hand: ‖linear part of conv_out+BN applied to each term‖, mean over positions
+    model = load_segmentor(config, ckpt)
+    norms = {'pairwise': [], 'unary': []}
+    for image in sorted(glob.glob(pattern)):
+        block, x, _ = block_input(model, image)
+        xf = x.flatten(2)
+
+        def conv(layer):
+            return (torch.einsum('oc,ncl->nol', layer.weight[:, :, 0, 0], xf)
+                    + layer.bias[:, None])
+
+        q, k, v = conv(block.theta), conv(block.phi), conv(block.g)
+        q, k = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
+        attn = torch.softmax(torch.einsum('ndi,ndj->nij', q, k) / math.sqrt(q.shape[1])
+                             / 0.05, -1)
+        ys = {'pairwise': torch.einsum('nij,ndj->ndi', attn, v),
+              'unary': torch.einsum('nj,ndj->nd', torch.softmax(conv(block.conv_mask), -1)[:, 0],
+                                    v)[..., None]}
+        bn = block.conv_out.norm
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps))[:, None]
+        w = block.conv_out.conv.weight[:, :, 0, 0]
+        for term, y in ys.items():
+            c = (scale * torch.einsum('oc,ncl->nol', w, y)).expand(-1, -1, xf.shape[-1])
+            norms[term].append(float(c[0].detach().norm(dim=0).mean()))
+    means = {t: np.mean(v) for t, v in norms.items()}
+    expected = means['pairwise'] / (means['pairwise'] + means['unary'])
+    assert pair == pytest.approx(expected, abs=1e-4)
+    (api_row, ) = term_shares(model, sorted(glob.glob(pattern)))
+    assert api_row['shares']['pairwise'] == pytest.approx(expected, rel=1e-4)
+    assert sum(api_row['shares'].values()) == pytest.approx(1)
+    # unary-only: one term, so no row, and the report says so
+    config, ckpt = trained['dnl-unary']
+    assert main([config, ckpt, '--images', pattern, '--out-dir', str(tmp_path / 'u')]) == 0
+    assert 'No block of this model has several context terms' in open(
+        tmp_path / 'u' / 'term_shares.md').read()
+
+
+def test_help():
+    for name in ('attention_maps', 'query_independence', 'term_shares'):
+        with pytest.raises(SystemExit) as e:
+            cli(name).main(['--help'])
+        assert e.value.code == 0
