@@ -374,3 +374,24 @@ def test_help():
         with pytest.raises(SystemExit) as e:
             cli(name).main(['--help'])
         assert e.value.code == 0
+
+
+def test_backbone_plugins_on_the_cityscapes_pipeline(tmp_path):
+    """GC blocks as backbone plugins (every bottleneck of c3-c5), an image resized by
+    the Cityscapes test pipeline: every block is found, query-independent, and drawn."""
+    from PIL import Image
+
+    from mmctx.analysis import attention_maps, load_segmentor
+    model = load_segmentor(osp.join(
+        ROOT, 'configs', 'smoke', 'gcb-r4-plugin_r50w16-d8_1xb2-20iter_cityscapes-64x128.py'),
+        None)
+    for block in context_blocks(model).values():
+        randomized(block)
+    image = (np.random.RandomState(0).rand(48, 96, 3) * 255).astype(np.uint8)  # → 128×256
+    rows = query_independence(model, [image], num_queries=8)
+    assert len(rows) == 13 and rows[0]['block'] == 'backbone.layer2.0.gc_block'
+    assert rows[0]['shape'] == (16, 32) and rows[-1]['shape'] == (16, 32)  # OS 8
+    assert all(r['cosine_distance'] == 0 == r['feature_cosine_distance'] for r in rows)
+    md, png = attention_maps(model, image, [(47, 95)], str(tmp_path))
+    assert len(table_rows(open(md).read())) == 13
+    assert Image.open(png).size[1] > 13 * 100
