@@ -59,7 +59,7 @@ BLOCKS = {
 # ------------------------------------------------------------------------ metrics
 def test_distances_match_a_hand_computation_and_are_exactly_zero_for_equal_rows():
     rows = torch.rand(5, 7, generator=torch.Generator().manual_seed(0)) + 0.01
-    pairs = [(i, j) for i in range(5) for j in range(5) if i != j]
+    pairs = [(i, j) for i in range(5) for j in range(5)]  # GCNet: 1/K² Σ_i Σ_j
     cos = np.mean([1 - float(F.cosine_similarity(rows[i], rows[j], 0)) for i, j in pairs])
     p = rows / rows.sum(1, keepdim=True)
 
@@ -285,19 +285,23 @@ def test_attention_maps_cli_and_hand_computed_maps(trained, tmp_path):
     assert rec['shape'] == (32, 32)
 
 
-def test_attention_maps_bad_input(trained, tmp_path):
+def test_bad_input(trained, tmp_path, capsys):
     config, ckpt = trained['dnl']
     main = cli('attention_maps').main
     assert main([config, ckpt, trained['image'], '--query', '64', '3', '--out-dir',
-                 str(tmp_path)]) == 2  # outside the 64×64 image
+                 str(tmp_path)]) == 2
+    assert 'query (y=64, x=3) is outside the 64×64 image' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([config, ckpt, 'missing.png', '--query', '1', '1', '--out-dir', str(tmp_path)])
-    proc = subprocess.run(
-        [sys.executable, 'tools/analysis/query_independence.py',
-         contextshapes_config('baseline'), ckpt, '--images', trained['image'], '--out-dir',
-         str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-        env=dict(__import__('os').environ, PYTHONPATH=ROOT))
-    assert proc.returncode == 2 and 'has no mmctx context block' in proc.stderr
+    assert 'no such image file: missing.png' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([config, 'missing.pth', trained['image'], '--query', '1', '1', '--out-dir',
+              str(tmp_path)])
+    assert 'no such checkpoint file: missing.pth' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a checkpoint of a config without blocks
+        cli('query_independence').main([contextshapes_config('baseline'), ckpt, '--images',
+                                        trained['image'], '--out-dir', str(tmp_path)])
+    assert e.value.code == 2 and 'has no mmctx context block' in capsys.readouterr().err
 
 
 def test_query_independence_cli(trained, tmp_path, capsys):
@@ -311,8 +315,8 @@ def test_query_independence_cli(trained, tmp_path, capsys):
         md = open(out_dir / 'query_independence.md').read()
         (row, ) = table_rows(md)
         cells = [c.strip() for c in row.strip('|').split('|')]
-        att_cos, att_js, pair_cos, _, input_cos, output_cos, images = cells[3:]
-        assert images == '2' and float(input_cos) > 0
+        att_cos, att_js, pair_cos, _, input_cos, output_cos, queries, images = cells[3:]
+        assert images == '2' and queries == '16' and float(input_cos) > 0
         if name == 'dnl-unary':  # query-independent: exactly 0
             assert cells[1] == 'UnaryNonLocalBlock'
             assert att_cos == att_js == output_cos == '0' and pair_cos == '–'

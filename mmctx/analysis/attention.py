@@ -238,7 +238,8 @@ def effective_map(block: nn.Module, record: dict) -> torch.Tensor:
 
 
 def mean_cosine_distance(rows: torch.Tensor) -> float:
-    """Mean of ``1 − cos(r_i, r_j)`` over ordered pairs ``i ≠ j`` of the rows ``(K, D)``.
+    """GCNet's average distance ``1/K² Σ_i Σ_j (1 − cos(r_i, r_j))`` of the rows ``(K, D)``
+    (all ordered pairs, the ``i = j`` terms included, as the paper's ``AvgDist``).
 
     Identical rows score exactly 0 (detected, not left to rounding); the result is
     clamped to ``[0, 2]``. Rows of zeros count as identical to each other.
@@ -251,12 +252,13 @@ def mean_cosine_distance(rows: torch.Tensor) -> float:
     dist = (1 - unit @ unit.T).clamp(0, 2)
     for i in range(k):  # identical rows: exactly 0, not 1 − (1 ± rounding)
         dist[i, (rows == rows[i]).all(-1)] = 0.
-    return float(dist.sum() / (k * (k - 1)))
+    return float(dist.sum() / (k * k))
 
 
 def mean_js_divergence(rows: torch.Tensor) -> float:
-    """Mean Jensen–Shannon divergence (base 2, in ``[0, 1]``) over ordered pairs
-    ``i ≠ j`` of the rows ``(K, D)``, each normalised to sum 1.
+    """Average Jensen–Shannon divergence (base 2, in ``[0, 1]``) ``1/K² Σ_i Σ_j
+    JS(p_i, p_j)`` of the rows ``(K, D)``, each normalised to sum 1 (all ordered pairs,
+    as :func:`mean_cosine_distance`).
 
     Returns NaN if a row has a negative entry or sums to 0 (not a distribution: NL's
     ``dot_product`` mode). Identical rows score exactly 0.
@@ -280,7 +282,7 @@ def mean_js_divergence(rows: torch.Tensor) -> float:
         js = ((kl_a + kl_b) / (2 * math.log(2))).clamp(0, 1)  # (s, K), in bits
         js[(a == p.unsqueeze(0)).all(-1)] = 0.
         total += float(js.sum())
-    return total / (k * (k - 1))
+    return total / (k * k)
 
 
 def _valid_positions(shape, inputs_hw, data_sample) -> torch.Tensor:
@@ -335,11 +337,12 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
     (``Σ_t c_t(i)``, the terms' contributions, :mod:`mmctx.analysis.terms`; for add
     fusion this is ``out_i − x_i`` up to a bias):
 
-    * ``cosine_distance``: mean over ordered pairs ``i ≠ j`` of ``1 − cos(A_i, A_j)``,
+    * ``cosine_distance``: GCNet's ``AvgDist = 1/K² Σ_i Σ_j (1 − cos(A_i, A_j))``,
       with ``A`` the *effective* map the block applies (:func:`effective_map`: for
       DNL ``P + u``, i.e. pairwise plus unary; a unary map is the same row for every
       query, so unary-only / GC / SNL / SE score exactly 0);
-    * ``js_divergence``: mean Jensen–Shannon divergence (base 2) between the rows
+    * ``js_divergence``: the same average of the Jensen–Shannon divergence (base 2)
+      between the rows
       normalised to sum 1 (NaN where a map is not a distribution);
     * ``pairwise_cosine_distance``, ``pairwise_js_divergence``: the same for the
       pairwise term alone (None without one);
@@ -476,8 +479,9 @@ def write_query_independence(rows: List[dict], out_dir: str,
     md, png = osp.join(out_dir, 'query_independence.md'), osp.join(
         out_dir, 'query_independence.png')
     lines = [f'# Query independence{": " + title if title else ""}', '',
-             "GCNet's analysis (§3.2, Table 1). Over random query positions of each "
-             'image: **att cos** = mean cosine distance (1 − cos) between the attention '
+             "GCNet's analysis (§3.2, Table 1). Over K random query positions of each "
+             'image, averaged over all K² ordered pairs (GCNet\'s AvgDist) and over '
+             'images: **att cos** = cosine distance (1 − cos) between the attention '
              'maps of different queries (for DNL the effective map pairwise + unary; '
              'γ·pairwise + unary with a γ-gated pairwise term); **att JS** = mean '
              'Jensen–Shannon divergence (base 2) between them; **pairwise** = the same '
@@ -487,15 +491,15 @@ def write_query_independence(rows: List[dict], out_dir: str,
              'scores exactly 0 on att and output. n/a: the map is not a distribution '
              '(NL dot product); –: the block has no such term.', '',
              '| block | type | feature map | att cos | att JS | pairwise cos | '
-             'pairwise JS | input cos | output cos | images |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             'pairwise JS | input cos | output cos | K | images |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(
             f'| {r["block"]} | {r["type"]} | {"×".join(map(str, r["shape"]))} | '
             f'{_fmt(r["cosine_distance"])} | {_fmt(r["js_divergence"])} | '
             f'{_fmt(r["pairwise_cosine_distance"])} | {_fmt(r["pairwise_js_divergence"])} | '
             f'{_fmt(r["input_cosine_distance"])} | {_fmt(r["feature_cosine_distance"])} | '
-            f'{r["num_images"]} |')
+            f'{r["num_queries"]} | {r["num_images"]} |')
     with open(md, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plt = _plt()
