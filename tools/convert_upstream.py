@@ -1,10 +1,12 @@
-"""Convert a released mmseg NLHead / DNLHead / GCHead checkpoint to mmctx.
+"""Convert a released mmseg NLHead / DNLHead / GCHead or mmdet GCNet checkpoint to mmctx.
 
     python tools/convert_upstream.py SRC.pth DST.pth
 
 The kind is detected from the keys; the output loads (strictly) into the matching
 mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py or
-configs/gcnet/gcnet_*.py with the same backbone and dataset as the upstream config.
+configs/gcnet/gcnet_*.py with the same backbone and dataset as the upstream config;
+for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), the
+configs/gcnet/ file of the same name.
 The checkpoint is read with torch's safe loader (weights_only=True); pass
 --trust-checkpoint only for a file you trust that the safe loader refuses.
 """
@@ -16,8 +18,8 @@ import sys
 import torch
 
 import mmctx  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
-from mmctx.models.convert import MMSEG_HEADS, ConversionError, convert_mmseg_segmentor, \
-    describe_block
+from mmctx.models.convert import MMDET_PLUGINS, MMSEG_HEADS, ConversionError, \
+    convert_checkpoint, describe_block, describe_det_plugins
 
 
 def main(argv=None) -> int:
@@ -45,21 +47,30 @@ def main(argv=None) -> int:
         return 1
     state_dict = ckpt.get('state_dict', ckpt)
     try:
-        converted, kind = convert_mmseg_segmentor(state_dict)
+        converted, task, kind = convert_checkpoint(state_dict)
     except ConversionError as e:
         print(f'error: cannot convert {args.src}: {e}', file=sys.stderr)
         return 1
     out = dict(ckpt, state_dict=converted) if 'state_dict' in ckpt else dict(
         state_dict=converted)
     meta = dict(out.get('meta') or {})
-    meta['mmctx_converted_from'] = dict(source=osp.basename(args.src), head=kind)
+    meta['mmctx_converted_from'] = dict(source=osp.basename(args.src),
+                                        **{'head' if task == 'mmseg' else 'plugin': kind})
     out['meta'] = meta
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
     torch.save(out, args.dst)
     changed = sum(1 for a, b in zip(state_dict, converted) if a != b)
-    print(f'{args.src}: mmseg {kind} segmentor -> {MMSEG_HEADS[kind][2]} in '
-          f'mmctx.ContextHead ({len(converted)} tensors, {changed} keys renamed)')
-    for note in describe_block(kind, state_dict):
+    if task == 'mmseg':
+        print(f'{args.src}: mmseg {kind} segmentor -> {MMSEG_HEADS[kind][2]} in '
+              f'mmctx.ContextHead ({len(converted)} tensors, {changed} keys renamed)')
+        notes = describe_block(kind, state_dict)
+    else:
+        _, _, block, name = MMDET_PLUGINS[kind]
+        print(f'{args.src}: mmdet detector with {kind} backbone plugins -> {block} '
+              f'plugins named {name!r} ({len(converted)} tensors, {changed} keys '
+              'renamed); use the configs/gcnet/ config named as the upstream one')
+        notes = describe_det_plugins(kind, state_dict)
+    for note in notes:
         print(f'  note: {note}')
     print(f'written: {args.dst}')
     return 0

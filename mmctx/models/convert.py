@@ -1,13 +1,19 @@
 """Convert released upstream checkpoints (whole models) to mmctx configs.
 
-mmctx's ``ContextHead`` is an ``FCNHead`` that stores its block under the block's
-``_abbr_`` — ``nl_block``, ``dnl_block``, ``gc_block``, the attribute names of mmseg's
+Segmentation: mmctx's ``ContextHead`` is an ``FCNHead`` that stores its block under the
+block's ``_abbr_`` — ``nl_block``, ``dnl_block``, ``gc_block``, the attribute names of mmseg's
 ``NLHead``, ``DNLHead`` and ``GCHead`` — so everything but the block's own keys is
 already in place; the block keys go through
 :func:`mmctx.models.blocks.convert.convert_block_state_dict`.
+
+Detection: mmdet's GCNet models hold mmcv ``ContextBlock`` plugins in their ResNet
+Bottlenecks (``backbone.layerN.M.context_block.*``); the mmctx configs put
+``GlobalContextBlock`` plugins at the same place, named by its ``_abbr_``
+(``gc_block``), with the same parameter names inside.
 """
+import re
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .blocks.convert import convert_block_state_dict
 
@@ -17,6 +23,15 @@ MMSEG_HEADS = {
     'DNLHead': ('decode_head.dnl_block.', 'mmseg_dnl', 'mmctx.DisentangledNonLocalBlock'),
     'GCHead': ('decode_head.gc_block.', 'mmcv_context_block', 'mmctx.GlobalContextBlock'),
 }
+
+
+#: mmdet ResNet plugin -> (key pattern, block-level kind, mmctx block, its module name)
+MMDET_PLUGINS = {
+    'ContextBlock': (re.compile(r'^(backbone\.layer\d+\.\d+\.)context_block\.'),
+                     'mmcv_context_block', 'mmctx.GlobalContextBlock', 'gc_block'),
+}
+#: number of res4 (layer3) Bottlenecks -> ResNet depth
+RES4_BLOCKS_TO_DEPTH = {6: 50, 23: 101, 36: 152}
 
 
 class ConversionError(ValueError):
@@ -33,8 +48,9 @@ def detect_kind(state_dict: Dict) -> str:
         prefixes = sorted({'.'.join(k.split('.')[:2]) for k in state_dict})[:12]
         raise ConversionError(
             'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint (looked '
-            f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}); its '
-            f'keys start with {prefixes}')
+            f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}) and no '
+            'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
+            f'context_block.*); its keys start with {prefixes}')
     raise ConversionError(f'the checkpoint holds several context heads: {found}')
 
 
@@ -63,3 +79,69 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
     kind = detect_kind(state_dict)
     prefix, block_kind, _ = MMSEG_HEADS[kind]
     return convert_block_state_dict(state_dict, block_kind, prefix, prefix), kind
+
+
+# ---------------------------------------------------------------- detection
+def detect_det_kind(state_dict: Dict) -> Optional[str]:
+    """Which mmdet backbone plugin a detector state dict holds, or None."""
+    found = [kind for kind, (pattern, *_) in MMDET_PLUGINS.items()
+             if any(pattern.match(k) for k in state_dict)]
+    if len(found) > 1:
+        raise ConversionError(f'the checkpoint holds several plugin kinds: {found}')
+    return found[0] if found else None
+
+
+def describe_det_plugins(kind: str, state_dict: Dict) -> List[str]:
+    """Where the plugins sit and what the keys say about the matching mmctx config."""
+    pattern = MMDET_PLUGINS[kind][0]
+    where = sorted({m.group(1) for m in map(pattern.match, state_dict) if m},
+                   key=lambda p: [int(t) for t in re.findall(r'\d+', p)])
+    stages = sorted({int(p.split('.')[1][len('layer'):]) for p in where})
+    notes = [f'{len(where)} blocks in layer{stages[0]}-layer{stages[-1]}'
+             if stages else 'no blocks']
+    res4 = {k.split('.')[2] for k in state_dict if k.startswith('backbone.layer3.')}
+    depth = RES4_BLOCKS_TO_DEPTH.get(len(res4))
+    notes.append(f'ResNet-{depth}' if depth else
+                 f'{len(res4)} res4 blocks (not R-50/101/152)')
+    if where:
+        first = where[0] + 'context_block.'
+        w = state_dict.get(first + 'channel_add_conv.0.weight',
+                           state_dict.get(first + 'channel_mul_conv.0.weight'))
+        if w is not None:
+            notes.append(f'ratio {w.shape[0]}/{w.shape[1]} = 1/{w.shape[1] // w.shape[0]}'
+                         if w.shape[1] % w.shape[0] == 0 else
+                         f'ratio {w.shape[0]}/{w.shape[1]}')
+        fusions = [f for f in ('channel_add', 'channel_mul')
+                   if (first + f + '_conv.0.weight') in state_dict]
+        if fusions != ['channel_add']:
+            notes.append(f'fusion_types={tuple(fusions)}: set it in the block config')
+        if first + 'conv_mask.weight' not in state_dict:
+            notes.append("pooling_type='avg': set it in the block config")
+    notes.append('BN vs SyncBN cannot be told from the keys: pick the config with the '
+                 'norm of the upstream one')
+    return notes
+
+
+def convert_mmdet_detector(state_dict: Dict) -> Tuple['OrderedDict', str]:
+    """Rename mmdet's ``context_block`` plugins to mmctx's; returns (state dict, kind)."""
+    kind = detect_det_kind(state_dict)
+    if kind is None:
+        raise ConversionError('found no mmdet ContextBlock backbone plugin')
+    pattern, block_kind, _, name = MMDET_PLUGINS[kind]
+    out = OrderedDict(state_dict)
+    for prefix in sorted({m.group(1) for m in map(pattern.match, state_dict) if m}):
+        out = convert_block_state_dict(out, block_kind, prefix + 'context_block.',
+                                       prefix + name + '.')
+    return out, kind
+
+
+def convert_checkpoint(state_dict: Dict) -> Tuple['OrderedDict', str, str]:
+    """Convert any supported upstream model; returns (state dict, task, kind).
+
+    ``task`` is ``'mmseg'`` (kind: the head) or ``'mmdet'`` (kind: the plugin).
+    """
+    if detect_det_kind(state_dict) is not None:
+        converted, kind = convert_mmdet_detector(state_dict)
+        return converted, 'mmdet', kind
+    converted, kind = convert_mmseg_segmentor(state_dict)
+    return converted, 'mmseg', kind
