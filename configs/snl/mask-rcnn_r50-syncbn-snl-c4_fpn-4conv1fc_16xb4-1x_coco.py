@@ -1,0 +1,9 @@
+# The DNL paper's COCO table (Howal/DNL-Object-Detection): one block after the
+# residual add (before the final ReLU) of res4 block -2 ("c4"), here
+# mmctx.SimplifiedNonLocalBlock (the repo's ContextBlock(simple=True)).
+_base_ = '../_base_/det/mask-rcnn_r50-syncbn_fpn-4conv1fc_16xb4-1x_coco.py'
+model = dict(
+    backbone=dict(
+        after_add=dict(
+            block=dict(type='mmctx.SimplifiedNonLocalBlock'),
+            indices=[[], [], [-2], []])))
