@@ -1,8 +1,10 @@
 """Detection: ContextResNet (blocks after the residual add), every COCO config,
 mmdet GCNet checkpoint conversion, end-to-end Mask R-CNN runs on a tiny COCO."""
+import copy
 import glob
 import math
 import os.path as osp
+import pickle
 import re
 
 import pytest
@@ -174,6 +176,11 @@ def test_zero_init_block_gives_plain_resnet_output_and_keeps_it_after_init_weigh
     with torch.no_grad():
         for a, b in zip(ours(x), plain(x)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the patched Bottlenecks survive what runners do to models (EMA copies, pickling)
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert [n for n, _ in clone.after_add_blocks()] == [n for n, _ in ours.after_add_blocks()]
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x)[-1], plain(x)[-1], rtol=0, atol=0)
 
 
 def test_with_cp_matches_and_every_block_parameter_gets_a_gradient():
