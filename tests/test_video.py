@@ -2,6 +2,7 @@
 import copy
 import functools
 import glob
+import json
 import math
 import os.path as osp
 
@@ -252,7 +253,8 @@ def test_tiny_kinetics_reads_back_through_mmaction(tmp_path):
 
 # ------------------------------------------------------------------ end to end
 def tiny_pipeline(pipeline, rawframes):
-    """8-frame clips at 56x56 (short side 64); decoded from JPEG frames if asked."""
+    """8-frame clips, short side 64, 56x56 crops (test: 3 crops of 64); decoded from JPEG
+    frames if asked."""
     out = []
     for step in pipeline:
         step = dict(step)
@@ -267,8 +269,10 @@ def tiny_pipeline(pipeline, rawframes):
             step['scale'] = (-1, 64) if step['scale'][0] == -1 else (56, 56)
         elif kind == 'MultiScaleCrop':
             step['input_size'] = 56
-        elif kind in ('CenterCrop', 'ThreeCrop'):
+        elif kind == 'CenterCrop':
             step['crop_size'] = 56
+        elif kind == 'ThreeCrop':  # crops the full short side, as 256 after Resize 256
+            step['crop_size'] = 64
         out.append(step)
     return out
 
@@ -324,3 +328,9 @@ def test_e2e_train_and_validate(tmp_path, config, rawframes):
               if k.endswith('non_local_block.conv_out.bn.weight')]
     # 5 blocks whose zero-initialised output BN moved: they were in the trained graph
     assert len(gammas) == 5 and all(g.abs().sum() > 0 for g in gammas)
+    if not rawframes:  # tools/test.py: mmaction2's 10-clip x 3-crop test on the checkpoint
+        test_dir = str(tmp_path / 'test')
+        python('tools/test.py', cfg_path, osp.join(work_dir, 'epoch_1.pth'),
+               '--work-dir', test_dir)
+        metrics = glob.glob(osp.join(test_dir, '*', '*.json'))
+        assert len(metrics) == 1 and 'acc/top1' in json.load(open(metrics[0]))
