@@ -82,3 +82,14 @@ def test_top_level_readme_links_every_algorithm():
     for metafile in METAFILES:
         rel = osp.relpath(osp.join(osp.dirname(metafile), 'README.md'), ROOT)
         assert f']({rel})' in text, rel
+
+
+def test_every_config_is_covered_by_a_config_test():
+    """Each config file is built and run by the config test of its task."""
+    from .test_det import DET_CONFIGS
+    from .test_seg import CONFIGS, SEG_CONFIGS
+    from .test_video import VIDEO_CONFIGS
+    covered = set(SEG_CONFIGS) | set(DET_CONFIGS) | set(VIDEO_CONFIGS)
+    smoke = {f for f in CONFIGS if osp.basename(osp.dirname(f)) == 'smoke'}  # test_train_tools
+    assert set(CONFIGS) - covered - smoke == set()
+    assert len(SEG_CONFIGS) + len(DET_CONFIGS) + len(VIDEO_CONFIGS) == len(covered)
