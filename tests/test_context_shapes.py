@@ -68,7 +68,9 @@ def test_dataset_loads_through_the_mmseg_pipeline(tmp_path):
     assert len(dataset) == 2
     assert dataset.metainfo['classes'] == cs.CLASSES
     sample = dataset[0]
-    assert tuple(sample['inputs'].shape) == (3, 64, 64)
+    # the configs' preprocessor size is the generator's default image size
+    assert tuple(sample['inputs'].shape) == (3, 48, 48)
+    assert cfg.model.data_preprocessor.size == (48, 48)
     seg = sample['data_samples'].gt_sem_seg.data
     assert set(seg.unique().tolist()) <= {0, 1, 2, 3} and (seg > 0).any()
 

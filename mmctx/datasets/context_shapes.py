@@ -85,7 +85,7 @@ def _place(rng, size: int, boxes_wanted: List[Tuple[str, int]], tries: int = 500
     raise RuntimeError(f'could not place {boxes_wanted} in a {size}px image')
 
 
-def make_sample(variant: str, rng: np.random.RandomState, size: int = 64
+def make_sample(variant: str, rng: np.random.RandomState, size: int = 48
                 ) -> Tuple[np.ndarray, np.ndarray, Dict]:
     """One image ``(size, size, 3)`` uint8, its label map, and what was drawn."""
     if variant not in VARIANTS:
@@ -127,7 +127,7 @@ def make_sample(variant: str, rng: np.random.RandomState, size: int = 64
 
 
 def generate_context_shapes(root: str, variant: str, num_train: int = 512,
-                            num_val: int = 128, size: int = 64, seed: int = 0,
+                            num_val: int = 128, size: int = 48, seed: int = 0,
                             progress: bool = False) -> str:
     """Write one variant to ``root/variant`` (deterministic in ``seed``); return its dir.
 
