@@ -60,7 +60,7 @@ def test_dataset_loads_through_the_mmseg_pipeline(tmp_path):
     from mmseg.registry import DATASETS
     root = generate_context_shapes(str(tmp_path), 'paired', 4, 2)
     cfg = Config.fromfile(osp.join(
-        ROOT, 'configs', 'contextshapes', 'baseline_tinyconv_1xb16-600iter_contextshapes-global.py'))
+        ROOT, 'configs', 'contextshapes', 'baseline_tinyconv_1xb12-600iter_contextshapes-global.py'))
     init_default_scope('mmseg')
     ds_cfg = cfg.val_dataloader.dataset
     ds_cfg.data_root = root

@@ -29,7 +29,7 @@ if ROOT not in sys.path:  # run from a checkout without installing
 
 #: model -> (what it is, the block) in the order of the report
 MODELS = {
-    'baseline': ('no context (FCN head, 1x1 convs)', '—'),
+    'baseline': ('no context: FCN head with 1x1 convs', '—'),
     'nonlocal': ('Non-local, embedded Gaussian', 'NonLocalBlock'),
     'dnl': ('Disentangled NL (pairwise + unary)', 'DisentangledNonLocalBlock'),
     'dnl-pairwise': ('DNL pairwise term only', 'PairwiseNonLocalBlock'),
@@ -42,7 +42,7 @@ VARIANTS = ('global', 'paired')
 NEEDS = {'global': 'one image-level fact: query-independent context suffices',
          'paired': 'each object its own cue: query-specific (pairwise) context'}
 #: iterations per run (the configs' own schedule) and of --quick
-QUICK_ITERS = 150
+QUICK_ITERS = 200
 
 
 def find_config(model: str, variant: str) -> str:
@@ -113,6 +113,9 @@ def train_one(model: str, variant: str, data_root: str, work_dir: str, iters, ta
     prepare_cfg(cfg, config_path=config, work_dir=run_dir, cfg_options=options)
     cfg.log_level = 'WARNING'  # the demo prints its own progress; scalars go to vis_data
     cfg.experiment_name = f'{model}-{variant}-{time.strftime("%Y%m%d_%H%M%S")}'
+    # mmengine reuses a visualizer of the same name: a fixed name (mmseg's default
+    # runtime says 'visualizer') would send every run's scalars to the first run's dir
+    cfg.visualizer.name = f'visualizer-{cfg.experiment_name}'
     max_iters = cfg.train_cfg.max_iters
     progress = Progress(tag, interval=max(max_iters // 4, 1))
     runner = Runner.from_cfg(cfg)
@@ -155,7 +158,7 @@ def write_report(path: str, rows: list, figures: list, notes: list, wall: float,
             continue
         iters = sorted({str(r['iters']) for r in got if r})
         secs = ' / '.join(f"{r['seconds']:.0f} s" if r else '—' for r in got)
-        lines.append(f'| {model} ({what}) | {block} | '
+        lines.append(f'| {model} — {what} | {block} | '
                      + ' | '.join(fmt(r and r['mIoU']) for r in got)
                      + f" | {', '.join(iters)} | {secs} |")
     lines += ['', 'Variants: ' + '; '.join(f'*{v}* — {NEEDS[v]}' for v in variants) + '.',
@@ -199,7 +202,7 @@ def analyse(rows: list, data_root: str, out_dir: str, log) -> tuple:
             model = analysis.load_segmentor(osp.join(ROOT, r['config']), r['checkpoint'])
             image, queries = _example(data_root, variant)
             sub = osp.join(out_dir, f'attention-dnl-{variant}')
-            png, md = analysis.attention_maps(model, image, queries, sub)
+            png, md = _png_md(analysis.attention_maps(model, image, queries, sub))
             figures.append((f'DNL attention at the objects ({variant}): pairwise and unary '
                             'terms', png, md))
         for variant in VARIANTS:
@@ -213,8 +216,8 @@ def analyse(rows: list, data_root: str, out_dir: str, log) -> tuple:
                 for row in analysis.query_independence(net, images[:16]):
                     qi_rows.append(dict(row, block=f"{model}: {row['block']}"))
             if qi_rows:
-                png, md = analysis.write_query_independence(
-                    qi_rows, osp.join(out_dir, f'query-independence-{variant}'))
+                png, md = _png_md(analysis.write_query_independence(
+                    qi_rows, osp.join(out_dir, f'query-independence-{variant}')))
                 figures.append((f'Query independence ({variant}, 16 val images)', png, md))
         for variant in VARIANTS:
             r = trained.get(('dnl', variant))
@@ -224,13 +227,19 @@ def analyse(rows: list, data_root: str, out_dir: str, log) -> tuple:
             net = analysis.load_segmentor(osp.join(ROOT, r['config']), r['checkpoint'])
             images = sorted(glob.glob(osp.join(data_root, variant, 'img_dir', 'val', '*.png')))
             shares = analysis.term_shares(net, images[:16])
-            png, md = analysis.write_term_shares(
-                shares, osp.join(out_dir, f'term-shares-dnl-{variant}'))
+            png, md = _png_md(analysis.write_term_shares(
+                shares, osp.join(out_dir, f'term-shares-dnl-{variant}')))
             figures.append((f'DNL term shares ({variant})', png, md))
     except Exception as e:  # noqa: BLE001  (the table is kept whatever the analysis does)
         notes.append(f'analysis stopped: {type(e).__name__}: {e}')
         log(f'analysis stopped: {type(e).__name__}: {e}')
     return figures, notes
+
+
+def _png_md(paths):
+    """(png, md) from the paths an analysis writer returns."""
+    return (next(p for p in paths if p.endswith('.png')),
+            next(p for p in paths if p.endswith('.md')))
 
 
 def _example(data_root: str, variant: str):

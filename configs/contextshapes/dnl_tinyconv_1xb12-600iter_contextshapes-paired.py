@@ -1,4 +1,4 @@
-_base_ = './dnl_tinyconv_1xb16-600iter_contextshapes-global.py'
+_base_ = './dnl_tinyconv_1xb12-600iter_contextshapes-global.py'
 data_root = 'data/contextshapes/paired'
 train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))

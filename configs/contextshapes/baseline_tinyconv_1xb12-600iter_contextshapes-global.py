@@ -3,7 +3,7 @@
 # prediction at a pixel sees 9 px around it; every cue is >= 12 px from every object.
 # The context configs of this folder swap the head for mmctx.ContextHead + a block;
 # every model shares this recipe (48x48 images as tools/demo.py generates them, AdamW
-# lr 1e-2, 600 iterations of batch 16), chosen so that all 14 runs of the demo fit in
+# lr 1e-2, 600 iterations of batch 12), chosen so that all 14 runs of the demo fit in
 # 10 minutes on a 2-core CPU.
 _base_ = ['mmseg::_base_/default_runtime.py', '../_base_/mmctx.py']
 
@@ -52,7 +52,7 @@ test_pipeline = [
 ]
 dataset = dict(type='mmctx.ContextShapesDataset', data_root=data_root)
 train_dataloader = dict(
-    batch_size=16, num_workers=0, persistent_workers=False,
+    batch_size=12, num_workers=0, persistent_workers=False,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(dataset, data_prefix=dict(img_path='img_dir/train',
                                            seg_map_path='ann_dir/train'),

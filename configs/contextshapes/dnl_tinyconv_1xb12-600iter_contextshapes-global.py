@@ -1,4 +1,4 @@
-_base_ = './baseline_tinyconv_1xb16-600iter_contextshapes-global.py'
+_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     decode_head=dict(

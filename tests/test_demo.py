@@ -1,0 +1,43 @@
+"""README command 1 (tools/demo.py), shortened: its report shows what the runs measured."""
+import json
+import os.path as osp
+import re
+
+from .conftest import ROOT, python, scalars
+
+
+def test_demo_writes_a_report_of_what_it_measured(tmp_path):
+    data, work = str(tmp_path / 'data'), str(tmp_path / 'demo')
+    proc = python(osp.join(ROOT, 'tools', 'demo.py'), '--models', 'baseline', 'dnl',
+                  'dnl-unary', '--variants', 'global', '--iters', '2', '--num-train', '8',
+                  '--num-val', '4', '--data-root', data, '--work-dir', work)
+    # progress: one line per run, the report path at the end
+    assert re.search(r'\[1/3\] baseline-global: mIoU [\d.]+ in', proc.stdout)
+    assert 'report: ' + osp.join(work, 'report.md') in proc.stdout
+    assert osp.isfile(osp.join(data, 'global', 'img_dir', 'val', '00003.png'))
+
+    results = json.load(open(osp.join(work, 'results.json')))
+    assert [r['model'] for r in results['runs']] == ['baseline', 'dnl', 'dnl-unary']
+    report = open(osp.join(work, 'report.md')).read()
+    for run in results['runs']:
+        # the number in results.json is the one mmengine's IoUMetric logged for that run
+        logged = [r for r in scalars(osp.join(work, f"{run['model']}-global")) if 'mIoU' in r]
+        assert len(logged) == 1 and run['iters'] == 2
+        assert abs(logged[0]['mIoU'] - run['mIoU']) < 1e-6
+        row = next(line for line in report.splitlines()
+                   if line.startswith(f"| {run['model']} — "))
+        assert f"| {run['mIoU']:.1f} |" in row
+        assert osp.isfile(run['checkpoint'])
+    assert 'wall time:' in report and 'machine:' in report and results['machine'] in report
+    assert 'python tools/demo.py --models baseline dnl dnl-unary' in report
+
+    # the analysis figures of the trained models, linked from the report
+    pngs = re.findall(r'!\[[^\]]*\]\(([^)]+\.png)\)', report)
+    assert len(pngs) == 3, report  # attention maps, query independence, term shares
+    for png in pngs:
+        path = osp.join(work, png)
+        assert osp.isfile(path) and osp.getsize(path) > 5000, path
+    # the unary-only block is query-independent: exactly 0 in the report's table
+    qi = next(line for line in report.splitlines()
+              if line.startswith('| dnl-unary: '))
+    assert re.search(r'\| 0(\.0+)? \|', qi), qi
