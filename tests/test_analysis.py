@@ -255,13 +255,13 @@ def test_attention_maps_cli_and_hand_computed_maps(trained, tmp_path):
     from mmctx.analysis import load_segmentor
     config, ckpt = trained['dnl']
     out = python('tools/analysis/attention_maps.py', config, ckpt, trained['image'],
-                 '--query', '10', '12', '--query', '50', '40', '--out-dir',
+                 '--query', '10', '12', '--query', '40', '30', '--out-dir',
                  str(tmp_path)).stdout
     assert 'decode_head.dnl_block (DisentangledNonLocalBlock)' in out
     md = open(tmp_path / 'attention_maps.md').read()
     rows = table_rows(md)
     assert len(rows) == 3  # pairwise @ 2 queries + the unary map
-    # 64×64 image, stride-2 features: (10, 12) → cell (5, 6)
+    # 48×48 image, stride-2 features: (10, 12) → cell (5, 6)
     assert '| pairwise | (10, 12) | (5, 6) |' in rows[0] and '| unary |' in rows[2]
     width, height = Image.open(tmp_path / 'attention_maps.png').size
     assert width >= 600 and height >= 150
@@ -280,17 +280,17 @@ def test_attention_maps_cli_and_hand_computed_maps(trained, tmp_path):
     scale = 1 / math.sqrt(q.shape[1]) / 0.05
     pairwise = torch.softmax(torch.einsum('ndi,ndj->nij', q, k) * scale, dim=-1)
     torch.testing.assert_close(rec['pairwise'], pairwise, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(rec['pairwise'].sum(-1), torch.ones(1, 32 * 32))
+    torch.testing.assert_close(rec['pairwise'].sum(-1), torch.ones(1, 24 * 24))
     torch.testing.assert_close(rec['unary'], torch.softmax(conv(block.conv_mask), -1))
-    assert rec['shape'] == (32, 32)
+    assert rec['shape'] == (24, 24)
 
 
 def test_bad_input(trained, tmp_path, capsys):
     config, ckpt = trained['dnl']
     main = cli('attention_maps').main
-    assert main([config, ckpt, trained['image'], '--query', '64', '3', '--out-dir',
+    assert main([config, ckpt, trained['image'], '--query', '48', '3', '--out-dir',
                  str(tmp_path)]) == 2
-    assert 'query (y=64, x=3) is outside the 64×64 image' in capsys.readouterr().err
+    assert 'query (y=48, x=3) is outside the 48×48 image' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([config, ckpt, 'missing.png', '--query', '1', '1', '--out-dir', str(tmp_path)])
     assert 'no such image file: missing.png' in capsys.readouterr().err
