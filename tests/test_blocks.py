@@ -158,11 +158,11 @@ def test_in_mmaction_resnet3d(name, cls, kwargs, identity):
     torch.manual_seed(0)
     base = dict(depth=50, pretrained=None, pretrained2d=False, base_channels=4,
                 norm_eval=False)
-    plain = ACTION_MODELS.build(dict(type='ResNet3d', **base))
+    plain = ACTION_MODELS.build(dict(type='mmaction.ResNet3d', **base))
     plain.init_weights()
     plain.eval()
     net = MODELS.build(dict(
-        type='ContextResNet3d', **base,
+        type='mmctx.ContextResNet3d', **base,
         non_local=((0, 0, 0), (0, 1, 0, 1), (0, 1, 0, 1, 0, 1), (0, 0, 0)),
         context_cfg=dict(type=cls.__name__, **kwargs)))
     net.init_weights()

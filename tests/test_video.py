@@ -334,3 +334,26 @@ def test_e2e_train_and_validate(tmp_path, config, rawframes):
                '--work-dir', test_dir)
         metrics = glob.glob(osp.join(test_dir, '*', '*.json'))
         assert len(metrics) == 1 and 'acc/top1' in json.load(open(metrics[0]))
+
+
+def test_convert_mmaction_nl_checkpoint(tmp_path):
+    """A (randomised) mmaction2 I3D NL checkpoint → tools/convert_upstream.py → loads
+    strictly into the mmctx config of the same name and gives the same features."""
+    name = osp.basename(UPSTREAM['i3d'].format(mode='embedded-gaussian'))
+    theirs = build_recognizer(copy.deepcopy(upstream_cfg('i3d', 'embedded-gaussian'))).eval()
+    perturb(theirs)
+    src, dst = str(tmp_path / 'mmaction.pth'), str(tmp_path / 'mmctx.pth')
+    torch.save(dict(state_dict=theirs.state_dict(), meta=dict(note='upstream')), src)
+    out = python('tools/convert_upstream.py', src, dst).stdout
+    assert 'mmaction2 recognizer with NonLocal3d blocks' in out
+    assert '5 NonLocal3d blocks: layer2.1, layer2.3, layer3.1, layer3.3, layer3.5' in out
+    ours = build_recognizer(Config.fromfile(osp.join(ROOT, 'configs', 'nonlocal', name)))
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt['meta']['mmctx_converted_from'] == dict(source='mmaction.pth',
+                                                        block='NonLocal3d')
+    ours.load_state_dict(ckpt['state_dict'], strict=True)
+    ours.eval()
+    x = torch.randn(1, 1, 3, 8, 32, 32)
+    with torch.no_grad():
+        a, b = theirs(x, mode='tensor'), ours(x, mode='tensor')
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()

@@ -1,4 +1,4 @@
-"""Convert a released mmseg NLHead / DNLHead / GCHead or mmdet GCNet checkpoint to mmctx.
+"""Convert a released mmseg NL/DNL/GC, mmdet GCNet or mmaction2 NL checkpoint to mmctx.
 
     python tools/convert_upstream.py SRC.pth DST.pth
 
@@ -6,7 +6,8 @@ The kind is detected from the keys; the output loads (strictly) into the matchin
 mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py or
 configs/gcnet/gcnet_*.py with the same backbone and dataset as the upstream config;
 for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), the
-configs/gcnet/ file of the same name.
+configs/gcnet/ file of the same name; for mmaction2's I3D / SlowOnly NL recognizers
+(mmcv NonLocal3d blocks), the configs/nonlocal/ file of the same name.
 The checkpoint is read with torch's safe loader (weights_only=True); pass
 --trust-checkpoint only for a file you trust that the safe loader refuses.
 """
@@ -19,7 +20,7 @@ import torch
 
 import mmctx  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
 from mmctx.models.convert import MMDET_PLUGINS, MMSEG_HEADS, ConversionError, \
-    convert_checkpoint, describe_block, describe_det_plugins
+    convert_checkpoint, describe_block, describe_det_plugins, describe_mmaction_blocks
 
 
 def main(argv=None) -> int:
@@ -54,8 +55,8 @@ def main(argv=None) -> int:
     out = dict(ckpt, state_dict=converted) if 'state_dict' in ckpt else dict(
         state_dict=converted)
     meta = dict(out.get('meta') or {})
-    meta['mmctx_converted_from'] = dict(source=osp.basename(args.src),
-                                        **{'head' if task == 'mmseg' else 'plugin': kind})
+    role = {'mmseg': 'head', 'mmdet': 'plugin', 'mmaction': 'block'}[task]
+    meta['mmctx_converted_from'] = dict(source=osp.basename(args.src), **{role: kind})
     out['meta'] = meta
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
     torch.save(out, args.dst)
@@ -64,6 +65,11 @@ def main(argv=None) -> int:
         print(f'{args.src}: mmseg {kind} segmentor -> {MMSEG_HEADS[kind][2]} in '
               f'mmctx.ContextHead ({len(converted)} tensors, {changed} keys renamed)')
         notes = describe_block(kind, state_dict)
+    elif task == 'mmaction':
+        print(f'{args.src}: mmaction2 recognizer with {kind} blocks -> mmctx.NonLocalBlock '
+              f'in mmctx.ContextResNet3d ({len(converted)} tensors, {changed} keys '
+              'renamed); use the configs/nonlocal/ config named as the upstream one')
+        notes = describe_mmaction_blocks(state_dict)
     else:
         _, _, block, name = MMDET_PLUGINS[kind]
         print(f'{args.src}: mmdet detector with {kind} backbone plugins -> {block} '

@@ -6,6 +6,10 @@ block's ``_abbr_`` — ``nl_block``, ``dnl_block``, ``gc_block``, the attribute 
 already in place; the block keys go through
 :func:`mmctx.models.blocks.convert.convert_block_state_dict`.
 
+Video: mmaction2's NL recognizers hold mmcv ``NonLocal3d`` blocks under
+``backbone.layerN.M.non_local_block``; ``mmctx.ContextResNet3d`` keeps that name, so only
+the block's own keys change.
+
 Detection: mmdet's GCNet models hold mmcv ``ContextBlock`` plugins in their ResNet
 Bottlenecks (``backbone.layerN.M.context_block.*``); the mmctx configs put
 ``GlobalContextBlock`` plugins at the same place, named by its ``_abbr_``
@@ -50,7 +54,8 @@ def detect_kind(state_dict: Dict) -> str:
             'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint (looked '
             f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}) and no '
             'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
-            f'context_block.*); its keys start with {prefixes}')
+            'context_block.*) and no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
+            f'non_local_block.*); its keys start with {prefixes}')
     raise ConversionError(f'the checkpoint holds several context heads: {found}')
 
 
@@ -135,13 +140,55 @@ def convert_mmdet_detector(state_dict: Dict) -> Tuple['OrderedDict', str]:
     return out, kind
 
 
+# -------------------------------------------------------------------- video
+#: mmaction2 ResNet3d non-local blocks (mmcv ``NonLocal3d``); mmctx.ContextResNet3d keeps
+#: the module name ``non_local_block``
+MMACTION_NONLOCAL = re.compile(r'^(backbone\.layer\d+\.\d+\.)non_local_block\.')
+
+
+def convert_mmaction_recognizer(state_dict: Dict) -> Tuple['OrderedDict', str]:
+    """mmaction2 NL recognizer (I3D / SlowOnly NL) → ``mmctx.ContextResNet3d`` with
+    ``NonLocalBlock``; returns (state dict, kind ``'NonLocal3d'``)."""
+    prefixes = sorted({m.group(1) for m in map(MMACTION_NONLOCAL.match, state_dict) if m})
+    if not prefixes:
+        raise ConversionError('found no mmaction2 non_local_block in the backbone')
+    out = OrderedDict(state_dict)
+    for prefix in prefixes:
+        out = convert_block_state_dict(out, 'mmcv_nonlocal', prefix + 'non_local_block.',
+                                       prefix + 'non_local_block.')
+    return out, 'NonLocal3d'
+
+
+def describe_mmaction_blocks(state_dict: Dict) -> List[str]:
+    """Where the NL blocks sit and what the keys say about the block options."""
+    where = sorted({m.group(1) for m in map(MMACTION_NONLOCAL.match, state_dict) if m},
+                   key=lambda p: [int(t) for t in re.findall(r'\d+', p)])
+    notes = [f'{len(where)} NonLocal3d blocks: '
+             + ', '.join(p[len('backbone.'):-1] for p in where)]
+    keys = [k for k in state_dict if MMACTION_NONLOCAL.match(k)]
+    if not any('.theta.' in k for k in keys):
+        notes.append("no theta/phi convs: mode='gaussian'")
+    elif any('.concat_project.' in k for k in keys):
+        notes.append("concat_project present: mode='concatenation'")
+    else:
+        notes.append("mode 'embedded_gaussian' or 'dot_product' (the keys cannot tell): "
+                     'keep the mode of the upstream config')
+    if any('.g.0.conv.' in k for k in keys):
+        notes.append('sub_sample=True (pooled keys)')
+    return notes
+
+
 def convert_checkpoint(state_dict: Dict) -> Tuple['OrderedDict', str, str]:
     """Convert any supported upstream model; returns (state dict, task, kind).
 
-    ``task`` is ``'mmseg'`` (kind: the head) or ``'mmdet'`` (kind: the plugin).
+    ``task`` is ``'mmseg'`` (kind: the head), ``'mmdet'`` (kind: the plugin) or
+    ``'mmaction'`` (kind: ``'NonLocal3d'``).
     """
     if detect_det_kind(state_dict) is not None:
         converted, kind = convert_mmdet_detector(state_dict)
         return converted, 'mmdet', kind
+    if any(MMACTION_NONLOCAL.match(k) for k in state_dict):
+        converted, kind = convert_mmaction_recognizer(state_dict)
+        return converted, 'mmaction', kind
     converted, kind = convert_mmseg_segmentor(state_dict)
     return converted, 'mmseg', kind
