@@ -139,7 +139,7 @@ def fmt(value) -> str:
 
 
 def write_report(path: str, rows: list, figures: list, notes: list, wall: float,
-                 args, command: str) -> None:
+                 command: str) -> None:
     by = {(r['model'], r['variant']): r for r in rows}
     variants = [v for v in VARIANTS if any(r['variant'] == v for r in rows)]
     lines = ['# mmctx demo: context blocks on ContextShapes', '',
@@ -186,54 +186,45 @@ def write_report(path: str, rows: list, figures: list, notes: list, wall: float,
 
 def analyse(rows: list, data_root: str, out_dir: str, log) -> tuple:
     """Analysis figures of the trained models; returns (figures, notes)."""
-    figures, notes = [], []
-    try:
-        from mmctx import analysis
-    except ImportError as e:  # pragma: no cover
-        return figures, [f'analysis tools unavailable: {e}']
+    notes = []
+    from mmctx import analysis
     trained = {(r['model'], r['variant']): r for r in rows if r.get('checkpoint')}
     os.makedirs(out_dir, exist_ok=True)
+    attention, independence, shares = [], [], []  # figures, in the report's order
     try:
         for variant in VARIANTS:
-            r = trained.get(('dnl', variant))
-            if r is None:
-                continue
-            log(f'analysis: attention maps of DNL ({variant})')
-            model = analysis.load_segmentor(osp.join(ROOT, r['config']), r['checkpoint'])
-            image, queries = _example(data_root, variant)
-            sub = osp.join(out_dir, f'attention-dnl-{variant}')
-            png, md = _png_md(analysis.attention_maps(model, image, queries, sub))
-            figures.append((f'DNL attention at the objects ({variant}): pairwise and unary '
-                            'terms', png, md))
-        for variant in VARIANTS:
-            images = sorted(glob.glob(osp.join(data_root, variant, 'img_dir', 'val', '*.png')))
+            images = sorted(glob.glob(osp.join(data_root, variant, 'img_dir', 'val',
+                                               '*.png')))[:16]
             qi_rows = []
-            for (model, v), r in trained.items():
-                if v != variant or model == 'baseline':
+            for (name, v), r in trained.items():
+                if v != variant or name == 'baseline':
                     continue
-                log(f'analysis: query independence of {model} ({variant})')
+                # each checkpoint is loaded once, for every analysis of it
                 net = analysis.load_segmentor(osp.join(ROOT, r['config']), r['checkpoint'])
-                for row in analysis.query_independence(net, images[:16]):
-                    qi_rows.append(dict(row, block=f"{model}: {row['block']}"))
+                log(f'analysis: query independence of {name} ({variant})')
+                for row in analysis.query_independence(net, images):
+                    qi_rows.append(dict(row, block=f"{name}: {row['block']}"))
+                if name != 'dnl':
+                    continue
+                log(f'analysis: attention maps and term shares of DNL ({variant})')
+                image, queries = _example(data_root, variant)
+                png, md = _png_md(analysis.attention_maps(
+                    net, image, queries, osp.join(out_dir, f'attention-dnl-{variant}')))
+                attention.append((f'DNL attention at the objects ({variant}): pairwise and '
+                                  'unary terms', png, md))
+                png, md = _png_md(analysis.write_term_shares(
+                    analysis.term_shares(net, images),
+                    osp.join(out_dir, f'term-shares-dnl-{variant}')))
+                shares.append((f'DNL term shares ({variant})', png, md))
             if qi_rows:
                 png, md = _png_md(analysis.write_query_independence(
                     qi_rows, osp.join(out_dir, f'query-independence-{variant}')))
-                figures.append((f'Query independence ({variant}, 16 val images)', png, md))
-        for variant in VARIANTS:
-            r = trained.get(('dnl', variant))
-            if r is None:
-                continue
-            log(f'analysis: DNL term shares ({variant})')
-            net = analysis.load_segmentor(osp.join(ROOT, r['config']), r['checkpoint'])
-            images = sorted(glob.glob(osp.join(data_root, variant, 'img_dir', 'val', '*.png')))
-            shares = analysis.term_shares(net, images[:16])
-            png, md = _png_md(analysis.write_term_shares(
-                shares, osp.join(out_dir, f'term-shares-dnl-{variant}')))
-            figures.append((f'DNL term shares ({variant})', png, md))
+                independence.append((f'Query independence ({variant}, {len(images)} val '
+                                     'images)', png, md))
     except Exception as e:  # noqa: BLE001  (the table is kept whatever the analysis does)
         notes.append(f'analysis stopped: {type(e).__name__}: {e}')
         log(f'analysis stopped: {type(e).__name__}: {e}')
-    return figures, notes
+    return attention + independence + shares, notes
 
 
 def _png_md(paths):
@@ -319,14 +310,14 @@ def main(argv=None) -> int:
         rows.append(row)
         with open(results_path, 'w') as f:
             json.dump(dict(command=command, machine=machine(), runs=rows), f, indent=1)
-        write_report(report_path, rows, [], [], time.time() - start, args, command)
+        write_report(report_path, rows, [], [], time.time() - start, command)
 
     figures, notes = ([], []) if args.no_analysis else analyse(
         rows, args.data_root, osp.join(args.work_dir, 'analysis'), log)
     notes += [f"{r['model']}-{r['variant']} failed: {r['error']}" for r in rows
               if r.get('error')]
     wall = time.time() - start
-    write_report(report_path, rows, figures, notes, wall, args, command)
+    write_report(report_path, rows, figures, notes, wall, command)
     log(f'report: {report_path} ({wall / 60:.1f} min)')
     return 1 if any(r.get('error') for r in rows) else 0
 
