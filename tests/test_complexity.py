@@ -8,7 +8,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmctx.analysis import count_complexity
 from mmctx.models.blocks import DisentangledNonLocalBlock, GlobalContextBlock, NonLocalBlock
 
-from .conftest import python
+from .conftest import ROOT, python
 
 
 @pytest.mark.parametrize('cls', [NonLocalBlock, DisentangledNonLocalBlock])
@@ -42,15 +42,73 @@ def test_gc_block_has_no_attention_matmul():
 def test_cli_writes_report_and_figure(tmp_path):
     out = python('tools/analysis/complexity.py',
                  'configs/dnl/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py', '--shape', '64',
-                 '128', '--out', str(tmp_path)).stdout
+                 '128', '--out-dir', str(tmp_path)).stdout
     assert 'decode_head.dnl_block' in out
+    assert f'written: {tmp_path}/complexity.md, {tmp_path}/complexity.png' in out
     text = open(tmp_path / 'complexity.md').read()
     assert '| decode_head.dnl_block | DisentangledNonLocalBlock |' in text
     assert osp.getsize(tmp_path / 'complexity.png') > 1000
 
 
 def test_gcnet_check_reproduces_the_papers_counts(tmp_path):
-    out = python('tools/analysis/complexity.py', '--gcnet-check', '--out',
+    out = python('tools/analysis/complexity.py', '--gcnet-check', '--out-dir',
                  str(tmp_path)).stdout
     assert '| ResNet-50 params | 25.56 M | 25.56 M |' in out
     assert '~+2.52 M | +2.52 M |' in out
+
+
+def _complexity_main():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'complexity_cli', osp.join(ROOT, 'tools', 'analysis', 'complexity.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize('config, block, task, shape_note', [
+    # mmdet two-stage detectors need image metas in tensor mode (RPN proposals)
+    ('configs/gcnet/mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco.py',
+     '| backbone.layer4.2.gc_block | GlobalContextBlock |', 'detection',
+     '1×3×96×128 (90×120 padded to a multiple of 32)'),
+    # mmaction2 3D recognizers take (N, clips, C, T, H, W); T from --clip-len
+    ('configs/dnl/i3d_imagenet-pretrained-r50-dnl_8xb8-32x2x1-100e_kinetics400-rgb.py',
+     '| backbone.layer3.5.non_local_block | DisentangledNonLocalBlock |', 'recognition',
+     '1 clip of 8 frames, 3×8×90×120'),
+])
+def test_counts_detectors_and_recognizers(config, block, task, shape_note, tmp_path,
+                                          capsys):
+    assert _complexity_main()([config, '--shape', '90', '120', '--clip-len', '8',
+                               '--out-dir', str(tmp_path)]) == 0
+    text = open(tmp_path / 'complexity.md').read()
+    assert block in text
+    assert f'- input ({task}): {shape_note}' in text
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(
+        f'written: {tmp_path}/complexity.md, {tmp_path}/complexity.png')
+
+
+def test_after_add_attention_is_counted_and_parts_of_models_are_refused():
+    from mmengine.registry import init_default_scope
+
+    from mmctx.analysis import count_model_complexity
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = dict(type='mmctx.ContextResNet', depth=50, base_channels=8, out_indices=(3, ),
+               norm_cfg=dict(type='BN'),
+               after_add=dict(block=dict(type='DisentangledNonLocalBlock'),
+                              indices=[[], [], [-2], []]))
+    backbone = MODELS.build(cfg)
+    (row, ) = count_complexity(backbone, (torch.randn(1, 3, 64, 96), ))['blocks']
+    L, d = (64 // 16) * (96 // 16), 32 * 4 // 2  # c4 at stride 16, 128 channels, d=C/2
+    assert row['attention_macs'] == L * L * 2 * d
+    with pytest.raises(TypeError, match='cannot count a ContextResNet: complexity is counted for whole'):
+        count_model_complexity(backbone)
+
+
+def test_refuses_a_config_that_is_not_a_whole_model(tmp_path, capsys):
+    cfg = tmp_path / 'block.py'
+    cfg.write_text("model = dict(type='mmctx.GlobalContextBlock', in_channels=64)\n")
+    with pytest.raises(SystemExit):
+        _complexity_main()([str(cfg), '--out-dir', str(tmp_path)])
+    assert 'cannot count a GlobalContextBlock' in capsys.readouterr().err

@@ -237,7 +237,8 @@ def main(argv=None) -> int:
     parser.add_argument('--channels', type=int, default=512)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--quick', action='store_true', help='32x64 and 48x96 only')
-    parser.add_argument('--out', default='work_dirs/benchmark')
+    parser.add_argument('--out-dir', default='work_dirs/benchmark',
+                        help='where benchmark.md/.json/.png go (default: %(default)s)')
     args = parser.parse_args(argv)
     args.argv = argv
     if args.channels < 2 or args.repeats < 1:
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
         args.sizes = args.train_sizes = [(32, 64), (48, 96)]
     args.sizes = [tuple(s) for s in args.sizes]
     args.train_sizes = [tuple(s) for s in args.train_sizes]
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.out_dir, exist_ok=True)
 
     specs = [dict(pair=p, impl=i, mode=m, size=s, channels=args.channels,
                   repeats=args.repeats)
@@ -264,13 +265,14 @@ def main(argv=None) -> int:
     largest = max(args.sizes, key=lambda s: s[0] * s[1])
     flops = measure_gflops(largest[0] * largest[1], args.channels // 2)  # DNL: C/2
     text = report(results, flops, args)
-    with open(osp.join(args.out, 'benchmark.md'), 'w') as f:
+    with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
         f.write(text)
-    with open(osp.join(args.out, 'benchmark.json'), 'w') as f:
+    with open(osp.join(args.out_dir, 'benchmark.json'), 'w') as f:
         json.dump(dict(results=results, flops=flops), f, indent=1)
-    plot(results, osp.join(args.out, 'benchmark.png'))
+    plot(results, osp.join(args.out_dir, 'benchmark.png'))
     print('\n' + text)
-    print(f'written: {args.out}/benchmark.md, .json, .png')
+    print('written: ' + ', '.join(osp.join(args.out_dir, f'benchmark.{ext}')
+                                  for ext in ('md', 'json', 'png')))
     return 0
 
 

@@ -3,12 +3,14 @@ from .attention import (attention_maps, collect_attention, context_blocks, effec
                         load_segmentor, mean_cosine_distance, mean_js_divergence,
                         prepare_inputs, query_independence, resolve_images, term_shares,
                         write_query_independence, write_term_shares)
-from .complexity import ATTENTION_OPS, complexity_report, count_complexity
+from .complexity import (ATTENTION_OPS, complexity_report, count_complexity,
+                         count_model_complexity, model_inputs, model_task)
 from .terms import (TERM_CONTRIBUTIONS, register_term_contributions,
                     term_contributions)
 
 __all__ = [
-    'ATTENTION_OPS', 'complexity_report', 'count_complexity', 'load_segmentor',
+    'ATTENTION_OPS', 'complexity_report', 'count_complexity', 'count_model_complexity',
+    'model_inputs', 'model_task', 'load_segmentor',
     'prepare_inputs', 'context_blocks', 'collect_attention', 'effective_map',
     'mean_cosine_distance', 'mean_js_divergence', 'query_independence',
     'write_query_independence', 'term_shares', 'write_term_shares', 'attention_maps',

@@ -8,7 +8,10 @@ inside a block (mmcv#2342, mmdet#4689). Here the analyzer gets a handle for it.
 Convention: like fvcore/mmengine, one fused multiply-add counts as one "FLOP" (so
 these are MACs); ``complexity_report`` prints both MACs and FLOPs = 2 × MACs.
 """
-from typing import Any, Dict, List, Tuple
+import contextlib
+import functools
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,11 +64,104 @@ def count_complexity(model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Dict
                 uncounted=dict(analyzer.unsupported_ops()))
 
 
+#: default input (H, W) per task, as the upstream get_flops tools
+DEFAULT_SHAPES = dict(segmentation=(512, 1024), detection=(800, 1333),
+                      recognition=(224, 224))
+
+
+def model_task(model: nn.Module) -> str:
+    """``'segmentation'`` / ``'detection'`` / ``'recognition'`` for an mm model."""
+    bases = []
+    for module, cls, task in (('mmseg.models.segmentors', 'BaseSegmentor', 'segmentation'),
+                              ('mmdet.models.detectors', 'BaseDetector', 'detection'),
+                              ('mmaction.models.recognizers', 'BaseRecognizer',
+                               'recognition')):
+        try:
+            base = getattr(__import__(module, fromlist=[cls]), cls)
+        except (ImportError, AttributeError):
+            continue
+        bases.append(f'{module.split(".")[0]} {cls}')
+        if isinstance(model, base):
+            return task
+    raise TypeError(
+        f'cannot count a {type(model).__name__}: complexity is counted for whole '
+        f'models of these kinds: {", ".join(bases)} (an mmseg segmentor, an mmdet '
+        'detector or an mmaction2 recognizer config)')
+
+
+def _pad(size: int, divisor: int) -> int:
+    return int(math.ceil(size / divisor) * divisor) if divisor > 1 else size
+
+
+def model_inputs(model: nn.Module, shape: Optional[Sequence[int]] = None,
+                 clip_len: int = 32) -> Tuple[Tuple[torch.Tensor, ...], Dict, str]:
+    """A random input, the keyword arguments ``forward`` needs in tensor mode, and a
+    description of the input, for the model's task.
+
+    * segmentation: ``(1, 3, H, W)``, ``forward(x)`` (tensor mode needs nothing else);
+    * detection: ``(1, 3, H', W')`` padded as the data preprocessor pads
+      (``pad_size_divisor``), with one ``DetDataSample`` of that shape: two-stage
+      detectors need image metas in tensor mode (RPN proposals), as mmdet's
+      ``get_flops.py`` passes them;
+    * recognition: ``(1, 1, 3, T, H, W)`` for 3D recognizers (one clip of
+      ``clip_len`` frames), ``(1, T, 3, H, W)`` for 2D ones, through the whole
+      network (``stage='head'``).
+    """
+    task = model_task(model)
+    h, w = shape if shape is not None else DEFAULT_SHAPES[task]
+    if task == 'segmentation':
+        return (torch.randn(1, 3, h, w), ), {}, f'1×3×{h}×{w}'
+    if task == 'detection':
+        from mmdet.structures import DetDataSample
+        divisor = getattr(model.data_preprocessor, 'pad_size_divisor', 1) or 1
+        ph, pw = _pad(h, divisor), _pad(w, divisor)
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(h, w), ori_shape=(h, w), pad_shape=(ph, pw),
+            batch_input_shape=(ph, pw), scale_factor=(1., 1.)))
+        note = f'1×3×{ph}×{pw}' + (f' ({h}×{w} padded to a multiple of {divisor})'
+                                   if (ph, pw) != (h, w) else '')
+        return (torch.randn(1, 3, ph, pw), ), dict(data_samples=[sample],
+                                                   mode='tensor'), note
+    from mmaction.models.recognizers import Recognizer3D
+    if isinstance(model, Recognizer3D):
+        x = torch.randn(1, 1, 3, clip_len, h, w)
+        note = f'1 clip of {clip_len} frames, 3×{clip_len}×{h}×{w}'
+    else:
+        x = torch.randn(1, clip_len, 3, h, w)
+        note = f'{clip_len} segments of 3×{h}×{w}'
+    return (x, ), dict(stage='head'), note
+
+
+@contextlib.contextmanager
+def _bound_forward(model: nn.Module, kwargs: Dict):
+    """``model.forward`` with ``kwargs`` bound (the jit tracer passes tensors only)."""
+    if not kwargs:
+        yield
+        return
+    model.forward = functools.partial(type(model).forward, model, **kwargs)
+    try:
+        yield
+    finally:
+        del model.forward
+
+
+def count_model_complexity(model: nn.Module, shape: Optional[Sequence[int]] = None,
+                           clip_len: int = 32) -> Dict:
+    """:func:`count_complexity` of a whole mmseg / mmdet / mmaction2 model on a
+    random input for its task (:func:`model_inputs`); adds ``task`` and ``input``."""
+    inputs, kwargs, note = model_inputs(model, shape, clip_len)
+    with _bound_forward(model, kwargs):
+        result = count_complexity(model, inputs)
+    return dict(result, task=model_task(model), input=note)
+
+
 def complexity_report(result: Dict, title: str) -> str:
     """A markdown report of :func:`count_complexity`'s result."""
     g = 1e9
-    lines = [f'# Complexity: {title}', '',
-             f'- parameters: **{result["params"] / 1e6:.2f} M**',
+    lines = [f'# Complexity: {title}', '']
+    if result.get('input'):
+        lines.append(f'- input ({result.get("task", "model")}): {result["input"]}')
+    lines += [f'- parameters: **{result["params"] / 1e6:.2f} M**',
              f'- MACs: **{result["macs"] / g:.3f} G** (= {2 * result["macs"] / g:.3f} '
              'GFLOPs counting multiply and add separately)',
              '- convention: one multiply-add = one MAC; papers that write "FLOPs" for '

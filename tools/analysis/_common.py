@@ -2,21 +2,43 @@
 import argparse
 import os.path as osp
 import sys
+from typing import Optional
 
 
-def base_parser(doc: str) -> argparse.ArgumentParser:
-    from mmengine.config import DictAction
-    parser = argparse.ArgumentParser(
+def tool_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose description and epilog come from the tool's docstring."""
+    return argparse.ArgumentParser(
         description=doc.split('\n\n')[0],
         epilog=doc.split('\n\n', 1)[1] if '\n\n' in doc else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_output_args(parser: argparse.ArgumentParser, default: Optional[str] = None,
+                    example: str = 'test_pipeline.1.scale="(1024,512)" to analyse '
+                    'smaller images') -> None:
+    """``--out-dir`` (required without a default) and ``--cfg-options``: the same
+    names in every analysis tool."""
+    from mmengine.config import DictAction
+    if default is None:
+        parser.add_argument('--out-dir', required=True, help='where the .md and .png go')
+    else:
+        parser.add_argument('--out-dir', default=default,
+                            help='where the .md and .png go (default: %(default)s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help=f'override config entries, e.g. {example}')
+
+
+def written(*paths: str) -> None:
+    """The last line of every tool: the full path of each file it wrote."""
+    print('written: ' + ', '.join(paths))
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    parser = tool_parser(doc)
     parser.add_argument('config', help='the mmseg config the checkpoint was trained with')
     parser.add_argument('checkpoint', help='a checkpoint (.pth) of that config')
-    parser.add_argument('--out-dir', required=True, help='where the .md and .png go')
+    add_output_args(parser)
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                        help='override config entries, e.g. '
-                        'test_pipeline.1.scale="(1024,512)" to analyse smaller images')
     return parser
 
 

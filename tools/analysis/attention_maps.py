@@ -13,7 +13,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import base_parser, fail, load  # noqa: E402
+from _common import base_parser, fail, load, written  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         return fail(str(e))
     print(open(md).read())
-    print(f'written: {md}, {png}')
+    written(md, png)
     return 0
 
 

@@ -1,33 +1,51 @@
 """Parameters and FLOPs of a config, per mmctx block, attention matmuls included.
 
-    python tools/analysis/complexity.py CONFIG [--shape 512 1024] [--out DIR]
+    python tools/analysis/complexity.py CONFIG [--shape H W] [--clip-len T] [--out-dir DIR]
     python tools/analysis/complexity.py --gcnet-check      # GCNet's ResNet-50 numbers
 
-Writes ``DIR/complexity.md`` and ``DIR/complexity.png`` (MACs per block, attention
-part highlighted). Counts follow fvcore/mmengine: one multiply-add = one MAC; the report
-also gives FLOPs = 2 × MACs. mmengine's counter alone misses the attention of mmctx's
-blocks (no handle for ``scaled_dot_product_attention``); this tool adds it.
+Works for mmseg segmentors, mmdet detectors and mmaction2 recognizers (the config's
+model decides). Default --shape per task: segmentation 512 1024, detection 800 1333
+(padded as the data preprocessor pads), recognition 224 224 with --clip-len frames
+(default: the test pipeline's SampleFrames clip_len, else 32). Writes
+DIR/complexity.md and DIR/complexity.png (MACs per block, attention part highlighted).
+Counts follow fvcore/mmengine: one multiply-add = one MAC; the report also gives
+FLOPs = 2 × MACs. mmengine's counter alone misses the attention of mmctx's blocks (no
+handle for scaled_dot_product_attention); this tool adds it.
 """
-import argparse
 import os
 import os.path as osp
 import sys
 
 import torch
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import add_output_args, tool_parser, written  # noqa: E402
 
-def build_from_config(path: str):
+
+def build_from_config(path: str, cfg_options=None):
+    """The config's model (SyncBN → BN, no pretrained weights) and the config."""
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
     import mmctx  # noqa: F401
     from mmctx.utils import syncbn_to_bn
     cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     syncbn_to_bn(cfg._cfg_dict)
     if 'pretrained' in cfg.model:
         cfg.model.pretrained = None
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    return MODELS.build(cfg.model)
+    return MODELS.build(cfg.model), cfg
+
+
+def config_clip_len(cfg, default: int = 32) -> int:
+    """``clip_len`` of the first ``SampleFrames`` in the test (or val) pipeline."""
+    for key in ('test_pipeline', 'val_pipeline'):
+        for step in cfg.get(key, None) or []:
+            if isinstance(step, dict) and step.get('type') == 'SampleFrames':
+                return int(step.get('clip_len', default))
+    return default
 
 
 class _ImageNetResNet50(torch.nn.Module):
@@ -89,39 +107,54 @@ def plot(result, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = tool_parser(__doc__)
     parser.add_argument('config', nargs='?', help='an mmseg/mmdet/mmaction config')
-    parser.add_argument('--shape', type=int, nargs=2, default=[512, 1024],
-                        metavar=('H', 'W'), help='input height and width (image models)')
-    parser.add_argument('--out', default='work_dirs/complexity')
+    parser.add_argument('--shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='input height and width (default: per task, see above)')
+    parser.add_argument('--clip-len', type=int, default=None, metavar='T',
+                        help='frames per clip for video recognizers')
+    add_output_args(parser, default='work_dirs/complexity',
+                    example='model.backbone.depth=101')
     parser.add_argument('--gcnet-check', action='store_true',
                         help="compare with GCNet's ResNet-50 numbers instead")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     if args.gcnet_check:
         import mmctx  # noqa: F401
         text = gcnet_check()
-        with open(osp.join(args.out, 'gcnet_check.md'), 'w') as f:
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = osp.join(args.out_dir, 'gcnet_check.md')
+        with open(path, 'w') as f:
             f.write(text)
         print(text)
+        written(path)
         return 0
     if args.config is None:
         parser.error('give a CONFIG (or --gcnet-check)')
     if not osp.isfile(args.config):
         parser.error(f'no such config: {args.config}')
-    if min(args.shape) < 1:
+    if args.shape is not None and min(args.shape) < 1:
         parser.error(f'--shape takes a positive H W, got {args.shape}')
-    from mmctx.analysis import complexity_report, count_complexity
-    model = build_from_config(args.config)
-    x = torch.randn(1, 3, *args.shape)
-    result = count_complexity(model, (x, ))
-    text = complexity_report(result, f'{osp.basename(args.config)} at input '
-                                     f'{"×".join(map(str, args.shape))}')
-    with open(osp.join(args.out, 'complexity.md'), 'w') as f:
+    if args.clip_len is not None and args.clip_len < 1:
+        parser.error(f'--clip-len must be >= 1, got {args.clip_len}')
+    from mmctx.analysis import complexity_report, count_model_complexity
+    model, cfg = build_from_config(args.config, args.cfg_options)
+    clip_len = args.clip_len or config_clip_len(cfg)
+    try:
+        result = count_model_complexity(model, args.shape, clip_len)
+    except TypeError as e:
+        parser.error(str(e))
+    except RuntimeError as e:  # e.g. an input too small for the network's poolings
+        parser.error(f'the model does not run on this input (--shape {args.shape}, '
+                     f'--clip-len {clip_len}): {str(e).splitlines()[0]}')
+    text = complexity_report(result, osp.basename(args.config))
+    os.makedirs(args.out_dir, exist_ok=True)
+    md, png = osp.join(args.out_dir, 'complexity.md'), osp.join(args.out_dir,
+                                                                'complexity.png')
+    with open(md, 'w') as f:
         f.write(text)
-    plot(result, osp.join(args.out, 'complexity.png'))
+    plot(result, png)
     print(text)
-    print(f'written: {args.out}/complexity.md, complexity.png')
+    written(md, png)
     return 0
 
 

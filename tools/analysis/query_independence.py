@@ -14,7 +14,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import add_image_set_args, base_parser, fail, images_or_exit, load  # noqa
+from _common import (add_image_set_args, base_parser, fail, images_or_exit,  # noqa
+                     load, written)
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
         return fail(str(e))
     md, png = write_query_independence(rows, args.out_dir, osp.basename(args.config))
     print(open(md).read())
-    print(f'written: {md}, {png}')
+    written(md, png)
     return 0
 
 

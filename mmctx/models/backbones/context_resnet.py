@@ -145,7 +145,8 @@ class ContextResNet(ResNet):
             raise TypeError(f'after_add needs mmdet Bottleneck blocks (ResNet depth 50, '
                             f'101 or 152); {where} is a {type(bottleneck).__name__}')
         channels = bottleneck.planes * bottleneck.expansion
-        block = build_block(block_cfg, in_channels=channels)
+        block = build_block(block_cfg, f'ContextResNet after_add block at {where}',
+                            in_channels=channels)
         name = f'{getattr(block, "_abbr_", "context_block")}{postfix}'
         if hasattr(bottleneck, name):
             raise ValueError(f'{where} already has a module named {name!r} (a plugin?); '

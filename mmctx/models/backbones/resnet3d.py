@@ -48,10 +48,12 @@ class ContextNonLocalMixin:
             raise ValueError(f'{name}: non_local={kwargs.get("non_local")!r} selects no '
                              'residual block, so context_cfg would be unused; mark the '
                              'blocks with 1, e.g. ((0, 0, 0), (0, 1, 0, 1), ...)')
+        where = {m: n for n, m in self.named_modules()}
         for block in hosts:
             channels = block.non_local_block.in_channels
             block.non_local_block = build_block(
-                dict(self.context_cfg, in_channels=channels, dim=3))
+                self.context_cfg, f'{name} context_cfg at {where[block]}',
+                in_channels=channels, dim=3)
 
     def context_blocks(self) -> List[ContextBlockBase]:
         return [m for m in self.modules() if isinstance(m, ContextBlockBase)]

@@ -98,18 +98,30 @@ class ContextBlockBase(nn.Module):
         return f'in_channels={self.in_channels}, dim={self.dim}'
 
 
-def build_block(cfg: Any, **default_args: Any) -> nn.Module:
+def build_block(cfg: Any, where: Optional[str] = None, **default_args: Any) -> nn.Module:
     """Build an mmctx block from a config, whatever the caller's default scope.
 
     Inside an mmseg/mmdet/mmaction run the default scope is theirs, where unprefixed
     mmctx names do not resolve; here both ``'NonLocalBlock'`` and
-    ``'mmctx.NonLocalBlock'`` do.
+    ``'mmctx.NonLocalBlock'`` do. ``default_args`` are what the host fills in
+    (``in_channels``, ``dim``); a config that sets one of them to another value is
+    refused with a message naming ``where`` the block sits and the value expected
+    there (the same value is accepted).
     """
     from mmengine.registry import DefaultScope
 
     from ...registry import MODELS
+    place = f'{where}: ' if where else ''
     if not isinstance(cfg, dict) or 'type' not in cfg:
-        raise TypeError(f'a block config must be a dict with a "type", got {cfg!r}')
+        raise TypeError(f'{place}a block config must be a dict with a "type", got {cfg!r}')
+    wrong = {k: (cfg[k], v) for k, v in default_args.items() if k in cfg and cfg[k] != v}
+    if wrong:
+        given = ', '.join(f'{k}={a!r}' for k, (a, _) in wrong.items())
+        expected = ', '.join(f'{k}={b!r}' for k, (_, b) in wrong.items())
+        raise ValueError(
+            f'{place}the block config {cfg.get("type")!r} sets {given}, but the block '
+            f'sits where {expected} is expected (it is filled in): remove '
+            f'{", ".join(wrong)} from the block config')
     with DefaultScope.overwrite_default_scope('mmctx'):
         return MODELS.build(cfg, default_args=default_args or None)
 

@@ -32,7 +32,8 @@ class ContextHead(FCNHead):
             raise ValueError(f'block_after must be an int in [0, {num_convs - 1}] '
                              f'(num_convs={num_convs}), got {block_after!r}')
         self.block_after = block_after
-        module = build_block(block, in_channels=self.channels, dim=2)
+        module = build_block(block, f'{type(self).__name__}.block (after conv {block_after})',
+                             in_channels=self.channels, dim=2)
         self.block_name = type(module)._abbr_
         self.add_module(self.block_name, module)
 

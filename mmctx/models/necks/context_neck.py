@@ -45,7 +45,8 @@ class ContextNeck(BaseModule):
             raise ValueError(f'levels has duplicates: {list(levels)}')
         self.levels = tuple(resolved)
         self.blocks = nn.ModuleDict({
-            str(level): build_block(block, in_channels=self.in_channels[level], dim=2)
+            str(level): build_block(block, f'ContextNeck level {level}',
+                                    in_channels=self.in_channels[level], dim=2)
             for level in self.levels})
         self.follow = MODELS.build(follow) if follow is not None else None
 
@@ -53,6 +54,14 @@ class ContextNeck(BaseModule):
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'ContextNeck was built for {len(self.in_channels)} levels, '
                              f'got {len(inputs)}')
+        got = [x.shape[1] if isinstance(x, torch.Tensor) and x.dim() > 1 else None
+               for x in inputs]
+        for level, (want, have) in enumerate(zip(self.in_channels, got)):
+            if have is not None and have != want:
+                raise ValueError(
+                    f'ContextNeck level {level}: in_channels[{level}]={want}, but the '
+                    f'backbone gives {have} channels there; the backbone\'s levels have '
+                    f'{got} channels: set in_channels={got}')
         outs = tuple(self.blocks[str(i)](x) if str(i) in self.blocks else x
                      for i, x in enumerate(inputs))
         return self.follow(outs) if self.follow is not None else outs
