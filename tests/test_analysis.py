@@ -153,6 +153,23 @@ def test_query_independence_is_exactly_zero_for_query_independent_blocks():
                 assert row['feature_cosine_distance'] == 0.0
 
 
+def test_query_independence_flags_blocks_still_at_their_identity_init(tmp_path):
+    """A new DNL block is the identity (zero-init conv_out): its maps are those of
+    random projections, and the report says so instead of presenting a finding."""
+    from mmctx.analysis import write_query_independence
+    x = [torch.randn(1, 8, 7, 6) for _ in range(2)]
+    fresh = nn.Sequential(DisentangledNonLocalBlock(8, norm_cfg=BN).eval())
+    trained = nn.Sequential(randomized(DisentangledNonLocalBlock(8, norm_cfg=BN)))
+    (new, ) = query_independence(fresh, x, num_queries=12)
+    (old, ) = query_independence(trained, x, num_queries=12)
+    assert new['residual'] == 0.0 and new['near_identity'] and new['cosine_distance'] > 0
+    assert old['residual'] > 0.01 and not old['near_identity']
+    md, _ = write_query_independence([dict(new, block='fresh'), dict(old, block='old')],
+                                     str(tmp_path))
+    text = open(md).read()
+    assert '⚠ **Still ≈ identity** (fresh)' in text and 'old, ' not in text
+
+
 def test_effective_map_of_a_gated_dnl_block():
     block = randomized(BLOCKS['dnl_official_det']())
     rec = {'pairwise': torch.rand(1, 3, 3), 'unary': torch.rand(1, 1, 3)}
@@ -315,7 +332,10 @@ def test_query_independence_cli(trained, tmp_path, capsys):
         md = open(out_dir / 'query_independence.md').read()
         (row, ) = table_rows(md)
         cells = [c.strip() for c in row.strip('|').split('|')]
-        att_cos, att_js, pair_cos, _, input_cos, output_cos, queries, images = cells[3:]
+        (att_cos, att_js, pair_cos, _, input_cos, output_cos, residual, queries,
+         images) = cells[3:]
+        # a tiny run leaves the block ≈ identity: the report must say so
+        assert ('Still ≈ identity' in md) == (float(residual.rstrip(' ⚠')) < 0.01)
         assert images == '2' and queries == '16' and float(input_cos) > 0
         if name == 'dnl-unary':  # query-independent: exactly 0
             assert cells[1] == 'UnaryNonLocalBlock'

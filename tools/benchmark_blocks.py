@@ -17,6 +17,12 @@ mmctx / upstream. Results: ``<out>/benchmark.md``, ``.json`` and a log-log ``.pn
     python tools/benchmark_blocks.py                 # full sweep (~10 min on 2 cores)
     python tools/benchmark_blocks.py --quick         # small sizes only (~1 min)
 """
+import os.path as _osp
+import sys as _sys
+
+_sys.path.insert(0, _osp.dirname(_osp.abspath(__file__)))
+import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
+
 import argparse
 import json
 import os
@@ -231,6 +237,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in SIZES], help='inference sizes HxW')
+    _quiet.add_flag(parser)
     parser.add_argument('--train-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in TRAIN_SIZES],
                         help='forward+backward sizes HxW')

@@ -11,6 +11,12 @@ configs/gcnet/ file of the same name; for mmaction2's I3D / SlowOnly NL recogniz
 The checkpoint is read with torch's safe loader (weights_only=True); pass
 --trust-checkpoint only for a file you trust that the safe loader refuses.
 """
+import os.path as _osp
+import sys as _sys
+
+_sys.path.insert(0, _osp.dirname(_osp.abspath(__file__)))
+import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
+
 import argparse
 import os
 import os.path as osp
@@ -26,6 +32,7 @@ from mmctx.models.convert import MMDET_PLUGINS, MMSEG_HEADS, ConversionError, \
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help='upstream checkpoint (.pth)')
+    _quiet.add_flag(parser)
     parser.add_argument('dst', help='where to write the mmctx checkpoint')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load with weights_only=False (only for files you trust)')

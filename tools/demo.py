@@ -14,6 +14,12 @@ Each run keeps its checkpoint, ``vis_data/scalars.json`` and log under
 ``WORK_DIR/<model>-<variant>/``; ``WORK_DIR/results.json`` is rewritten after every
 run, so an interrupted demo keeps what it measured.
 """
+import os.path as _osp
+import sys as _sys
+
+_sys.path.insert(0, _osp.dirname(_osp.abspath(__file__)))
+import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
+
 import argparse
 import glob
 import json
@@ -119,6 +125,7 @@ def train_one(model: str, variant: str, data_root: str, work_dir: str, iters, ta
     max_iters = cfg.train_cfg.max_iters
     progress = Progress(tag, interval=max(max_iters // 4, 1))
     runner = Runner.from_cfg(cfg)
+    _quiet.filter_logger(runner.logger)
     runner.register_hook(progress.hook, priority='LOW')
     runner.train()
     seconds = time.time() - progress.start
@@ -252,6 +259,7 @@ def main(argv=None) -> int:
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='\n\n'.join(__doc__.split('\n\n')[1:]))
+    _quiet.add_flag(parser)
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data', 'contextshapes'))
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'demo'))
     parser.add_argument('--quick', action='store_true',

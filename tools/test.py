@@ -4,6 +4,12 @@ The same flags as mmseg's tools/test.py (``--out`` dumps the raw predictions wit
 mmengine's ``DumpResults``). Works for mmseg, mmdet and mmaction2 configs, on GPUs
 and on CPU (see tools/train.py).
 """
+import os.path as _osp
+import sys as _sys
+
+_sys.path.insert(0, _osp.dirname(_osp.abspath(__file__)))
+import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
+
 import argparse
 import os.path as osp
 
@@ -20,6 +26,7 @@ from mmctx.utils import (add_launch_args, init_cpu_distributed, parse_launch_arg
 def parse_args():
     parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
     parser.add_argument('config', help='test config file path')
+    _quiet.add_flag(parser)
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')
@@ -50,6 +57,7 @@ def main():
         cfg.model = cfg.tta_model
     init_cpu_distributed(args.launcher)
     runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    _quiet.filter_logger(runner.logger)
     if args.out:
         out = osp.abspath(args.out)
         if not out.endswith(('.pkl', '.pickle')):

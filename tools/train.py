@@ -5,6 +5,12 @@ configs (the config's ``default_scope`` picks the registries), on GPUs and on CP
 (``--launcher pytorch`` without CUDA uses gloo; SyncBN becomes BN unless the config
 sets ``syncbn_to_bn=False``).
 """
+import os.path as _osp
+import sys as _sys
+
+_sys.path.insert(0, _osp.dirname(_osp.abspath(__file__)))
+import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
+
 import argparse
 
 from mmengine.config import Config
@@ -14,11 +20,13 @@ from mmengine.runner import Runner
 import mmctx  # noqa: F401  (safe checkpoint loading, registries)
 from mmctx.utils import (add_launch_args, init_cpu_distributed, parse_launch_args,
                          prepare_cfg)
+from mmctx.utils.pretrained import is_download_error, offline_message
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Train a model (seg / det / video)')
     parser.add_argument('config', help='train config file path')
+    _quiet.add_flag(parser)
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--resume', action='store_true', default=False,
@@ -37,9 +45,17 @@ def main():
                 work_dir=args.work_dir, cfg_options=args.cfg_options, amp=args.amp)
     cfg.resume = args.resume
     init_cpu_distributed(args.launcher)
-    runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    runner.train()
+    try:
+        runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
+        _quiet.filter_logger(runner.logger)
+        runner.train()
+    except Exception as e:  # noqa: B902  only a failed download is turned into a line
+        if not is_download_error(e):
+            raise
+        print(offline_message(cfg, e), file=_sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    _sys.exit(main())

@@ -185,6 +185,8 @@ def collect_attention(model: nn.Module, inputs, data_samples=None,
             rec['shape'], rec['key_shape'] = shape, key_shape
             if with_features:
                 rec['input'] = x.detach().float().cpu()
+                if isinstance(output, torch.Tensor):
+                    rec['output'] = output.detach().float().cpu()
                 if find_term_function(module) is not None:
                     rec['terms'] = {t: c.detach().float().cpu()
                                     for t, c in term_contributions(module, x).items()}
@@ -326,6 +328,10 @@ def _images_list(images) -> list:
     return images
 
 
+#: ``residual`` below this: the block is still ≈ its initial identity
+NEAR_IDENTITY = 1e-2
+
+
 def query_independence(model: nn.Module, images, num_queries: int = 64, seed: int = 0,
                        progress: bool = False) -> List[dict]:
     """GCNet's query-independence statistics (§3.2, Table 1), one row per block.
@@ -348,7 +354,12 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
       pairwise term alone (None without one);
     * ``input_cosine_distance``: mean pairwise cosine distance of the inputs ``x_i``;
     * ``feature_cosine_distance``: the same for the outputs before fusion ``o_i``
-      (GCNet's "output" column: ≈0 when every query receives the same context).
+      (GCNet's "output" column: ≈0 when every query receives the same context);
+    * ``residual``: ``‖out − x‖ / ‖x‖`` over the whole feature map, how much the block
+      changes its input; ``near_identity`` is True below ``NEAR_IDENTITY`` (1 %): the
+      block still acts as its initial identity (zero-initialised ``conv_out`` or γ
+      still ≈ 0, e.g. after a few iterations), so its maps are those of untrained
+      projections and say nothing about what training finds.
 
     ``images``: paths or BGR arrays (run through the test pipeline), or already
     preprocessed ``(1, 3, H, W)`` tensors / ``(inputs, data_samples)`` pairs, one image
@@ -386,6 +397,9 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
             if 'terms' in rec:
                 out = sum(rec['terms'].values())[0].flatten(1).T
                 stats['feature_cosine_distance'] = mean_cosine_distance(out[pick])
+            if 'output' in rec:
+                stats['residual'] = float((rec['output'] - rec['input']).norm()
+                                          / rec['input'].norm().clamp_min(1e-12))
             for key, value in stats.items():
                 sums.setdefault(name, OrderedDict()).setdefault(key, []).append(value)
             info[name] = dict(block=name, type=_block_type(block),
@@ -400,9 +414,11 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
         row = dict(info[name], num_images=len(sums[name]['cosine_distance']))
         for key in ('cosine_distance', 'js_divergence', 'pairwise_cosine_distance',
                     'pairwise_js_divergence', 'input_cosine_distance',
-                    'feature_cosine_distance'):
+                    'feature_cosine_distance', 'residual'):
             values = sums[name].get(key)
             row[key] = None if values is None else float(np.mean(values))
+        row['near_identity'] = row['residual'] is not None and \
+            row['residual'] < NEAR_IDENTITY
         rows.append(row)
     return rows
 
@@ -490,16 +506,25 @@ def write_query_independence(rows: List[dict], out_dir: str,
              'different positions. A query-independent block (unary-only, GC, SNL, SE) '
              'scores exactly 0 on att and output. n/a: the map is not a distribution '
              '(NL dot product); –: the block has no such term.', '',
+             '**residual** = ‖block output − input‖ / ‖input‖.', '',
              '| block | type | feature map | att cos | att JS | pairwise cos | '
-             'pairwise JS | input cos | output cos | K | images |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             'pairwise JS | input cos | output cos | residual | K | images |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(
             f'| {r["block"]} | {r["type"]} | {"×".join(map(str, r["shape"]))} | '
             f'{_fmt(r["cosine_distance"])} | {_fmt(r["js_divergence"])} | '
             f'{_fmt(r["pairwise_cosine_distance"])} | {_fmt(r["pairwise_js_divergence"])} | '
             f'{_fmt(r["input_cosine_distance"])} | {_fmt(r["feature_cosine_distance"])} | '
+            f'{_fmt(r.get("residual"))}{" ⚠" if r.get("near_identity") else ""} | '
             f'{r["num_queries"]} | {r["num_images"]} |')
+    untrained = [r['block'] for r in rows if r.get('near_identity')]
+    if untrained:
+        lines += ['', f'⚠ **Still ≈ identity** ({", ".join(untrained)}): the block changes '
+                  f'its input by less than {NEAR_IDENTITY:.0%} (its zero-initialised output '
+                  'projection or γ is still ≈ 0, as after a few iterations), so these maps '
+                  'are those of untrained projections: do not read query independence '
+                  '(or its absence) from them as a finding.']
     with open(md, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plt = _plt()

@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .config import resolve_syncbn_switch, syncbn_to_bn
+from .tiny_run import check_tiny_run, tiny_run
 
 
 def add_launch_args(parser) -> None:
@@ -63,7 +64,8 @@ def prepare_cfg(cfg: Config, *, config_path: str, launcher: str = 'none',
     """Apply the command-line overrides shared by train.py and test.py.
 
     Besides mmseg's ``--work-dir`` / ``--cfg-options`` / ``--amp`` handling it
-    rewrites SyncBN according to the ``syncbn_to_bn`` key (see
+    applies the ``tiny_run`` key (:func:`~mmctx.utils.tiny_run.tiny_run`), rewrites
+    SyncBN according to the ``syncbn_to_bn`` key (see
     :func:`~mmctx.utils.config.resolve_syncbn_switch`; default: only without CUDA)
     and, for CPU distributed runs, makes DDP wrap a CPU model (``device_ids=None``).
     """
@@ -74,6 +76,11 @@ def prepare_cfg(cfg: Config, *, config_path: str, launcher: str = 'none',
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+    tiny = check_tiny_run(cfg.get('tiny_run', None))
+    if tiny is not None:
+        notes = tiny_run(cfg, **tiny)
+        print_log('tiny_run: ' + '; '.join(notes), logger='current')
 
     cuda = torch.cuda.is_available()
     target = resolve_syncbn_switch(cfg.get('syncbn_to_bn', None), cuda)

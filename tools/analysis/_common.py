@@ -4,13 +4,18 @@ import os.path as osp
 import sys
 from typing import Optional
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
+
 
 def tool_parser(doc: str) -> argparse.ArgumentParser:
     """A parser whose description and epilog come from the tool's docstring."""
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=doc.split('\n\n')[0],
         epilog=doc.split('\n\n', 1)[1] if '\n\n' in doc else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _quiet.add_flag(parser)
+    return parser
 
 
 def add_output_args(parser: argparse.ArgumentParser, default: Optional[str] = None,
