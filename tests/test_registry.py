@@ -173,7 +173,8 @@ def _mmdet_resnet(cfg):
 
 def test_plugin_in_channels_is_filled_in_by_the_host():
     import mmctx  # noqa: F401  (installs the plugin checks)
-    with pytest.raises(ValueError, match=r"sets in_channels=16, but the host module fills "
+    with pytest.raises(ValueError, match=r"GlobalContextBlock in layer3 of ResNet sets "
+                       r"in_channels=16, but the host module fills "
                        r"in in_channels=128 .*remove in_channels"):
         _mmdet_resnet(dict(type='mmctx.GlobalContextBlock', in_channels=16))
     # the same value as the host's is accepted; mmcv's own plugins are untouched
@@ -181,6 +182,13 @@ def test_plugin_in_channels_is_filled_in_by_the_host():
                                 ratio=1. / 4))
     assert resnet.layer3[0].gc_block.in_channels == 128
     assert _mmdet_resnet(dict(type='ContextBlock', ratio=1. / 4)).layer3[0].context_block
+
+
+def _seg_head(cls, **kwargs):
+    """A head built in the mmseg scope (its loss is mmseg's), whatever ran before."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return cls(in_channels=16, channels=8, num_classes=3, **kwargs)
 
 
 def test_misspelt_block_types_in_every_mmctx_place():
@@ -191,7 +199,7 @@ def test_misspelt_block_types_in_every_mmctx_place():
     from mmctx.models.necks import ContextNeck
     from mmctx.registry import UnknownTypeError
     builds = [
-        lambda b: ContextHead(block=b, in_channels=16, channels=8, num_classes=3),
+        lambda b: _seg_head(ContextHead, block=b),
         lambda b: ContextNeck([8, 16], b, levels=(1, )),
         lambda b: ContextResNet(depth=50, base_channels=8, norm_cfg=dict(type='BN'),
                                 after_add=dict(block=b, indices=[[], [], [-1], []])),
@@ -217,15 +225,14 @@ def test_explicit_in_channels_that_disagrees_with_the_place_is_named():
     block = dict(type='GlobalContextBlock', ratio=1. / 4, in_channels=32)
     with pytest.raises(ValueError, match=r'ContextHead.block .*sets in_channels=32, but '
                        r'the block sits where in_channels=8 is expected'):
-        ContextHead(block=block, in_channels=16, channels=8, num_classes=3)
+        _seg_head(ContextHead, block=block)
     with pytest.raises(ValueError, match='ContextNeck level 1: .*in_channels=16 is exp'):
         ContextNeck([8, 16], block, levels=(1, ))
     with pytest.raises(ValueError, match=r'after_add block at layer3\.5: .*in_channels=128'):
         ContextResNet(depth=50, base_channels=8, norm_cfg=dict(type='BN'),
                       after_add=dict(block=block, indices=[[], [], [-1], []]))
     # the same value is fine
-    head = ContextHead(block=dict(block, in_channels=8), in_channels=16, channels=8,
-                       num_classes=3)
+    head = _seg_head(ContextHead, block=dict(block, in_channels=8))
     assert head.gc_block.in_channels == 8
 
 

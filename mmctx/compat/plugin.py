@@ -55,19 +55,29 @@ def _check_plugin_cfg(cfg: Any, kwargs: Dict[str, Any]) -> bool:
             f'plugin type={layer_type!r} is not registered in scope {scope!r} (or its '
             'parents)' + (f"; did you mean {' or '.join(suggestions)}?"
                           if suggestions else ''))
-    from ..models.blocks._base import ContextBlockBase
+    from ..models.blocks._base import ContextBlockBase, check_host_args
     if not (isinstance(cls, type) and issubclass(cls, ContextBlockBase)):
         return False
-    clash = {k: (cfg[k], kwargs[k]) for k in kwargs if k in cfg}
-    wrong = {k: v for k, v in clash.items() if v[0] != v[1]}
-    if wrong:
-        given = ', '.join(f'{k}={a!r}' for k, (a, _) in wrong.items())
-        host = ', '.join(f'{k}={b!r}' for k, (_, b) in wrong.items())
-        raise ValueError(
-            f'the plugin config of {layer_type} sets {given}, but the host module fills '
-            f'in {host} for the place the plugin sits (its stage and position): remove '
-            f'{", ".join(wrong)} from the plugin\'s cfg')
+    check_host_args(cfg, kwargs, f'the plugin config of {layer_type}{_plugin_place()}',
+                    'the host module fills in {expected} for the place the plugin sits '
+                    '(its stage and position)', "the plugin's cfg")
     return True
+
+
+def _plugin_place() -> str:
+    """Best effort: `` in layer3 of ResNet`` when a ResNet is building its stages.
+
+    mmdet's and mmseg's ``ResNet.__init__`` build stage ``i`` in a loop whose index is
+    the local ``i``; nothing else tells ``build_plugin_layer`` where it is called from.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        host = frame.f_locals.get('self')
+        if frame.f_code.co_name == '__init__' and hasattr(host, 'stage_blocks') \
+                and isinstance(frame.f_locals.get('i'), int):
+            return f' in layer{frame.f_locals["i"] + 1} of {type(host).__name__}'
+        frame = frame.f_back
+    return ''
 
 
 def build_plugin_layer(cfg: Dict, postfix: Any = '', **kwargs) -> Tuple[str, nn.Module]:

@@ -98,6 +98,20 @@ class ContextBlockBase(nn.Module):
         return f'in_channels={self.in_channels}, dim={self.dim}'
 
 
+def check_host_args(cfg: dict, host_args: dict, intro: str, host: str, what: str) -> None:
+    """Refuse a config that sets an argument its host fills in to another value.
+
+    ``intro`` names the config, ``host`` says what the host expects (with the
+    placeholder ``{expected}``), ``what`` is what to remove the keys from.
+    """
+    wrong = {k: (cfg[k], v) for k, v in host_args.items() if k in cfg and cfg[k] != v}
+    if wrong:
+        given = ', '.join(f'{k}={a!r}' for k, (a, _) in wrong.items())
+        expected = ', '.join(f'{k}={b!r}' for k, (_, b) in wrong.items())
+        raise ValueError(f'{intro} sets {given}, but {host.format(expected=expected)}: '
+                         f'remove {", ".join(wrong)} from {what}')
+
+
 def build_block(cfg: Any, where: Optional[str] = None, **default_args: Any) -> nn.Module:
     """Build an mmctx block from a config, whatever the caller's default scope.
 
@@ -114,14 +128,9 @@ def build_block(cfg: Any, where: Optional[str] = None, **default_args: Any) -> n
     place = f'{where}: ' if where else ''
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise TypeError(f'{place}a block config must be a dict with a "type", got {cfg!r}')
-    wrong = {k: (cfg[k], v) for k, v in default_args.items() if k in cfg and cfg[k] != v}
-    if wrong:
-        given = ', '.join(f'{k}={a!r}' for k, (a, _) in wrong.items())
-        expected = ', '.join(f'{k}={b!r}' for k, (_, b) in wrong.items())
-        raise ValueError(
-            f'{place}the block config {cfg.get("type")!r} sets {given}, but the block '
-            f'sits where {expected} is expected (it is filled in): remove '
-            f'{", ".join(wrong)} from the block config')
+    check_host_args(cfg, default_args, f'{place}the block config {cfg.get("type")!r}',
+                    'the block sits where {expected} is expected (it is filled in)',
+                    'the block config')
     with DefaultScope.overwrite_default_scope('mmctx'):
         return MODELS.build(cfg, default_args=default_args or None)
 
