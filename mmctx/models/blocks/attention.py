@@ -5,9 +5,11 @@ Every function takes flattened, contiguous tensors ``q (B, Lq, d)``, ``k (B, Lk,
 ``(B, Lq, Lk)`` attention map when ``need_weights=True`` (the *explicit* path, used
 for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
 
-* softmax modes (embedded Gaussian, Gaussian, DNL's pairwise term): one
-  ``scaled_dot_product_attention`` call on contiguous ``(B, 1, L, d)`` tensors with
-  scaling and temperature folded into its ``scale`` — no ``Lq×Lk`` map is kept;
+* softmax modes (embedded Gaussian, Gaussian, DNL's pairwise term, LESA's augmented
+  queries and keys): one ``scaled_dot_product_attention`` call on contiguous
+  ``(B, 1, L, d)`` tensors with scaling and temperature folded into its ``scale`` — no
+  ``Lq×Lk`` map is kept. The fused kernel needs one head size for q, k and v (else
+  torch falls back to its map-materialising path): the smaller is zero-padded;
 * dot product: ``(q kᵀ / Lk) v = q (kᵀ v) / Lk`` — re-associated, so time and memory
   are linear in the number of positions (stronger than chunking, same result up to
   rounding);
@@ -48,10 +50,17 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)
             return torch.bmm(weights, v).to(dtype), weights
+        # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
+        # zero-padded (zeros change no dot product and give zero output columns)
+        d, dv = q.shape[-1], v.shape[-1]
+        if d < dv:
+            q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+        elif dv < d:
+            v = F.pad(v, (0, d - dv))
         # (B, 1, L, d) views of contiguous tensors are contiguous: flash path on CPU
         y = F.scaled_dot_product_attention(
             q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
-        return y.squeeze(1).to(dtype), None
+        return y.squeeze(1)[..., :dv].to(dtype), None
 
 
 def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

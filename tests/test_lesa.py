@@ -1,0 +1,297 @@
+"""LESABlock: bad arguments, an independent re-statement of the official equations,
+memory-efficient = explicit (eval and train, gradients, running statistics), any size,
+the paper's comparison arms."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmctx.models.blocks import LESABlock
+from mmctx.models.blocks.lesa import offset_table
+
+
+def randomized(block, seed=0):
+    """Non-trivial weights and running statistics (BN γ=1, β=0 after init)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+        for name, b in block.named_buffers():
+            if name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen, dtype=b.dtype) * 0.2)
+            elif name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + 0.5)
+    return block
+
+
+# --- bad arguments first ------------------------------------------------------------
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(dim=3), ValueError, 'dim must be 2'),
+    (dict(out_channels=24), ValueError, 'divisible by 2·num_heads=16'),
+    (dict(num_heads=5), ValueError, 'divisible by 2·num_heads'),
+    (dict(pe_type='sine'), ValueError, 'pe_type must be one of'),
+    (dict(fusion='max'), ValueError, "fusion must be one of \\['gate', 'sum'\\]"),
+    (dict(unary=False, binary=False), ValueError, 'needs the unary or the binary'),
+    (dict(unary=1), TypeError, 'unary must be a bool'),
+    (dict(pe_size=(4, 4, 4)), TypeError, 'pe_size must be an int or a pair'),
+    (dict(pe_size=0), ValueError, 'pe_size\\[0\\] must be an int >= 1'),
+    (dict(stride=0), ValueError, 'stride must be an int >= 1'),
+    (dict(dcn='DCN'), TypeError, 'dcn must be None or an mmcv conv config'),
+])
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LESABlock(64, **kwargs)
+
+
+def test_bad_inputs_and_the_classification_size():
+    block = LESABlock(32, num_heads=4, pe_type='classification', pe_size=(4, 5))
+    with pytest.raises(ValueError, match=r"tied to the feature-map size .*pe_size=\(4, 5\)"
+                       r".*got 5×4"):
+        block(torch.randn(1, 32, 5, 4))
+    with pytest.raises(ValueError, match='expects a 4D input'):
+        block(torch.randn(1, 32, 20))
+    with pytest.raises(ValueError, match='in_channels=32, got an input with 16'):
+        block(torch.randn(1, 16, 4, 5))
+
+
+# --- an independent re-statement of the official equations ---------------------------
+
+def bn_eval(bn, z, c):
+    """Channel ``c`` of an eval-mode BN applied to ``z``."""
+    return ((z - bn.running_mean[c]) / torch.sqrt(bn.running_var[c] + bn.eps)
+            * bn.weight[c] + bn.bias[c])
+
+
+def reference(block, x):
+    """LESA's output written element by element from the paper / official equations
+    (eval mode): loops over heads and query positions, no code shared with the block."""
+    n, _, h, w = x.shape
+    L, g, d, dv, C = h * w, block.num_heads, block.qk_channels, block.v_channels, \
+        block.out_channels
+    flat = x.flatten(2)  # (N, Cin, L)
+    unary = block.bn_x(block.x_transform(x)) if block.unary else None
+    qkv = torch.einsum('oc,ncl->nol', block.qkv_transform.weight[..., 0], flat)
+    qkv = torch.stack([bn_eval(block.bn_qkv, qkv[:, o], o) for o in range(2 * C)], 1)
+    outs = torch.zeros(n, C * (2 if block.pe_type == 'classification' else 1), L,
+                       dtype=x.dtype)
+    for head in range(g):
+        base = head * (2 * d + dv)
+        q, k, v = qkv[:, base:base + d], qkv[:, base + d:base + 2 * d], \
+            qkv[:, base + 2 * d:base + 2 * d + dv]  # (N, d|dv, L)
+        for i in range(L):
+            yi, xi = divmod(i, w)
+            logits = []
+            for j in range(L):
+                yj, xj = divmod(j, w)
+                s = bn_eval(block.bn_similarity, (q[:, :, i] * k[:, :, j]).sum(1), head)
+                if block.pe_type == 'detection_qr':
+                    rh = offset_table(block.rel_height, h)[yj - yi + h - 1]
+                    rw = offset_table(block.rel_width, w)[xj - xi + w - 1]
+                    s = s + bn_eval(block.bn_similarity, (q[:, :, i] * (rh + rw)).sum(1),
+                                    g + head)
+                elif block.pe_type == 'classification':
+                    r = block.relative[:, i - j + L - 1]
+                    s = s + bn_eval(block.bn_similarity, q[:, :, i] @ r[:d], g + head)
+                    r = block.relative[:, j - i + L - 1]
+                    s = s + bn_eval(block.bn_similarity, k[:, :, j] @ r[d:2 * d],
+                                    2 * g + head)
+                logits.append(s)
+            a = torch.stack(logits, -1).softmax(-1)  # (N, L) over keys
+            for c in range(dv):
+                ch = head * dv + c
+                if block.pe_type == 'classification':
+                    rv = torch.stack([block.relative[2 * d + c, i - j + L - 1]
+                                      for j in range(L)])
+                    outs[:, 2 * ch, i] = (a * v[:, c]).sum(-1)
+                    outs[:, 2 * ch + 1, i] = a @ rv
+                else:
+                    outs[:, ch, i] = (a * v[:, c]).sum(-1)
+    bo = block.bn_output
+    binary = torch.stack([bn_eval(bo, outs[:, o], o) for o in range(outs.shape[1])], 1)
+    if block.pe_type == 'classification':
+        binary = binary.view(n, C, 2, L).sum(2)
+    binary = binary.view(n, C, h, w)
+    if unary is None:
+        return binary
+    if block.fusion == 'sum':
+        return unary + binary
+    gate = torch.sigmoid(block.projection(block.reasoning(torch.cat([unary, binary], 1))))
+    return unary + gate * binary
+
+
+@pytest.mark.parametrize('pe_type, size', [
+    ('detection_qr', (3, 4)),   # the tables' own size: the official function
+    ('detection_qr', (2, 5)),   # any size: height cropped, width interpolated
+    ('classification', (3, 4)),
+    (None, (3, 4)),
+])
+def test_matches_an_independent_restatement(pe_type, size):
+    torch.manual_seed(0)
+    block = randomized(LESABlock(16, out_channels=32, num_heads=4, pe_type=pe_type,
+                                 pe_size=(3, 4) if pe_type else 4)).double().eval()
+    x = torch.randn(2, 16, *size, dtype=torch.double)
+    expected = reference(block, x)
+    torch.testing.assert_close(block(x), expected)
+    torch.testing.assert_close(block.forward_with_attention(x)[0], expected)
+
+
+# --- memory-efficient = explicit -----------------------------------------------------
+
+def grads(block, x, out):
+    params = [p for p in block.parameters()]
+    return torch.autograd.grad((out * torch.arange(out.numel(), dtype=out.dtype)
+                                .view_as(out).sin()).sum(), [x] + params, allow_unused=True)
+
+
+@pytest.mark.parametrize('pe_type', ['detection_qr', None])
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('size', [(6, 5), (9, 11)])  # below and above pe_size=8
+def test_efficient_equals_explicit(pe_type, train, size):
+    torch.manual_seed(1)
+    block = randomized(LESABlock(16, num_heads=2, pe_type=pe_type, pe_size=8)).double()
+    block.train(train)
+    twin = copy.deepcopy(block)
+    x = torch.randn(2, 16, *size, dtype=torch.double, requires_grad=True)
+    fast, (slow, terms) = block(x), twin.forward_with_attention(x)
+    torch.testing.assert_close(fast, slow)
+    assert terms['attention'].shape == (2, 2, size[0] * size[1], size[0] * size[1])
+    names = ['x'] + [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, grads(block, x, fast), grads(twin, x, slow)):
+        if name == 'bn_similarity.bias':  # cancels in the softmax
+            assert a is None and (b is None or b.abs().max() < 1e-10)
+            continue
+        assert a is not None and b is not None, name
+        torch.testing.assert_close(a, b, msg=name)
+    for (name, a), (_, b) in zip(block.named_buffers(), twin.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    if train:  # the running statistics of the logits' BN moved
+        assert not torch.allclose(block.bn_similarity.running_var,
+                                  torch.ones_like(block.bn_similarity.running_var))
+
+
+def test_registry_default_any_size_and_every_parameter_learns():
+    from mmctx.registry import MODELS
+    block = MODELS.build(dict(type='mmctx.LESABlock', in_channels=64))
+    assert (block.out_channels, block.num_heads, block.pe_type) == (64, 8, 'detection_qr')
+    for size in [(7, 9), (33, 20), (40, 41)]:  # below, around and above pe_size=32
+        x = torch.randn(2, 64, *size, requires_grad=True)
+        out = block(x)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in block.named_parameters()
+               if (p.grad is None or not p.grad.abs().sum() > 0)
+               and n != 'bn_similarity.bias']
+    assert not missing
+
+
+def test_offset_table_crop_and_interpolation():
+    table = torch.randn(2 * 4 - 1, 3)  # made for size 4: offsets -3..3
+    torch.testing.assert_close(offset_table(table, 4), table)
+    torch.testing.assert_close(offset_table(table, 2), table[2:5])  # offsets -1..1
+    big = offset_table(table, 7)  # offsets -6..6: 13 entries
+    assert big.shape == (13, 3)
+    torch.testing.assert_close(big[[0, 6, 12]], table[[0, 3, 6]])  # ends and centre
+    torch.testing.assert_close(big[1], table[0] + (table[1] - table[0]) * 0.5)
+
+
+def test_block_on_a_smaller_input_uses_the_central_offsets():
+    """pe_size 8 on a 5×6 input = a block made for 5×6 holding the cropped tables."""
+    torch.manual_seed(2)
+    big = randomized(LESABlock(16, num_heads=2, pe_size=8)).eval()
+    small = LESABlock(16, num_heads=2, pe_size=(5, 6)).eval()
+    state = big.state_dict()
+    state['rel_height'] = big.rel_height[3:12]
+    state['rel_width'] = big.rel_width[2:13]
+    small.load_state_dict(state)
+    x = torch.randn(1, 16, 5, 6)
+    torch.testing.assert_close(big(x), small(x))
+
+
+# --- the comparison arms, stride, channels, precision -------------------------------
+
+def test_switches_unary_only_binary_only_and_fixed_sum():
+    torch.manual_seed(3)
+    x = torch.randn(2, 16, 5, 6)
+    full = randomized(LESABlock(16, num_heads=2, pe_size=6)).eval()
+    state = full.state_dict()
+    conv = LESABlock(16, num_heads=2, pe_size=6, binary=False).eval()
+    sa = LESABlock(16, num_heads=2, pe_size=6, unary=False).eval()
+    add = LESABlock(16, num_heads=2, pe_size=6, fusion='sum').eval()
+    for arm in (conv, sa, add):
+        missing, unexpected = arm.load_state_dict(state, strict=False)
+        assert not missing
+    assert not hasattr(conv, 'qkv_transform') and not hasattr(sa, 'x_transform')
+    assert not hasattr(add, 'reasoning') and not hasattr(sa, 'reasoning')
+    _, terms = full.forward_with_attention(x)
+    torch.testing.assert_close(conv(x), terms['unary'])
+    torch.testing.assert_close(sa(x), terms['binary'])
+    torch.testing.assert_close(add(x), terms['unary'] + terms['binary'])
+    torch.testing.assert_close(full(x), terms['unary'] + terms['gate'] * terms['binary'])
+    assert ((terms['gate'] > 0) & (terms['gate'] < 1)).all()
+
+
+def test_stride_pools_and_channels_may_change():
+    torch.manual_seed(4)
+    block = LESABlock(16, out_channels=32, num_heads=4, pe_size=4, stride=2).eval()
+    flat = LESABlock(16, out_channels=32, num_heads=4, pe_size=4).eval()
+    flat.load_state_dict(block.state_dict())
+    x = torch.randn(1, 16, 8, 6)
+    out = block(x)
+    assert out.shape == (1, 32, 4, 3)
+    torch.testing.assert_close(out, F.avg_pool2d(flat(x), 2))
+
+
+def test_init_as_the_official_code():
+    block = LESABlock(256, pe_size=16)
+    std = block.qkv_transform.weight.std().item()
+    assert abs(std - math.sqrt(1 / 256)) < 0.1 * math.sqrt(1 / 256)
+    assert abs(block.rel_height.std().item() - 16 ** -0.5) < 0.15 * 16 ** -0.5
+    cls = LESABlock(64, pe_type='classification', pe_size=7)
+    assert abs(cls.relative.std().item() - math.sqrt(1 / 8)) < 0.1 * math.sqrt(1 / 8)
+    assert torch.equal(block.bn_x.weight, torch.ones(256))
+
+
+def test_gradcheck_double_precision():
+    torch.manual_seed(5)
+    block = randomized(LESABlock(8, num_heads=2, pe_size=2)).double().train()
+    x = torch.randn(2, 8, 3, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: copy.deepcopy(block)(t), (x, ))
+
+
+def test_bf16_autocast_stays_finite():
+    torch.manual_seed(6)
+    block = LESABlock(32, num_heads=4, pe_size=6).train()
+    x = torch.randn(2, 32, 6, 7) * 100
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block(x)
+    assert torch.isfinite(out).all()
+
+
+def test_with_cp_gives_the_same_output_and_gradients():
+    torch.manual_seed(7)
+    block = randomized(LESABlock(16, num_heads=2, pe_size=5)).train()
+    ckpt = copy.deepcopy(block)
+    ckpt.with_cp = True
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    a, b = block(x), ckpt(x)
+    torch.testing.assert_close(a, b)
+    (ga, ), (gb, ) = torch.autograd.grad(a.sum(), [x]), torch.autograd.grad(b.sum(), [x])
+    torch.testing.assert_close(ga, gb)
+
+
+def test_deformable_unary_term():
+    pytest.importorskip('mmcv.ops')
+    block = LESABlock(16, num_heads=2, pe_size=5, dcn=dict(type='DCN', deform_groups=1))
+    offsets = [m for n, m in block.named_modules() if n.endswith('conv_offset')]
+    assert offsets and all(torch.count_nonzero(m.weight) == 0 for m in offsets)
+    x = torch.randn(1, 16, 5, 5, requires_grad=True)
+    out = block.eval()(x)
+    plain = LESABlock(16, num_heads=2, pe_size=5).eval()
+    state = {k.replace('x_transform.0.weight', 'x_transform.0.weight'): v
+             for k, v in block.state_dict().items() if 'conv_offset' not in k}
+    plain.load_state_dict(state)
+    # zero offsets: the deformable conv is the plain grouped 3×3
+    torch.testing.assert_close(out, plain(x), atol=1e-5, rtol=1e-5)
