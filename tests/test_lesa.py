@@ -2,7 +2,9 @@
 memory-efficient = explicit (eval and train, gradients, running statistics), any size,
 the paper's comparison arms."""
 import copy
+import glob
 import math
+import os.path as osp
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ import torch.nn.functional as F
 
 from mmctx.models.blocks import LESABlock
 from mmctx.models.blocks.lesa import offset_table
+
+from .conftest import ROOT
 
 
 def randomized(block, seed=0):
@@ -242,6 +246,9 @@ def test_stride_pools_and_channels_may_change():
     out = block(x)
     assert out.shape == (1, 32, 4, 3)
     torch.testing.assert_close(out, F.avg_pool2d(flat(x), 2))
+    # odd sizes: ⌈H/2⌉ as a strided 3×3 conv (the residual's downsample agrees)
+    odd = torch.randn(1, 16, 7, 5)
+    assert block(odd).shape[-2:] == torch.nn.Conv2d(16, 16, 3, 2, 1)(odd).shape[-2:]
 
 
 def test_init_as_the_official_code():
@@ -295,3 +302,95 @@ def test_deformable_unary_term():
     plain.load_state_dict(state)
     # zero offsets: the deformable conv is the plain grouped 3×3
     torch.testing.assert_close(out, plain(x), atol=1e-5, rtol=1e-5)
+
+
+# --- LESA-ResNets (mmdet, mmseg) and the detection configs ----------------------------
+
+LESA_DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'lesa', 'mask-rcnn_*.py')))
+
+
+def _resnet(cls_name, **kwargs):
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return MODELS.build(dict(type=f'mmctx.{cls_name}', depth=50, base_channels=16,
+                                 norm_cfg=dict(type='BN'), **kwargs))
+
+
+def test_lesa_resnet_places_blocks_like_the_official_backbone():
+    from mmdet.models.backbones.resnet import Bottleneck
+    torch.manual_seed(8)
+    net = _resnet('LESAResNet', lesa=dict(num_heads=4), pe_sizes=(None, None, 4, 2),
+                  dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False),
+                  stage_with_dcn=(False, True, True, True))
+    net.eval()  # mmdet's ResNet.train returns None
+    names = [n for n, _ in net.lesa_blocks()]
+    assert names == [f'layer3.{i}.conv2' for i in range(1, 6)] + \
+        [f'layer4.{i}.conv2' for i in range(3)]  # stage 3 keeps its first conv
+    first = net.layer4[0]
+    assert type(first) is Bottleneck and isinstance(first.norm2, torch.nn.Identity)
+    assert first.conv2.stride == 2 and first.conv2.pe_size == (4, 4)  # 2 × stage size
+    assert net.layer3[1].conv2.pe_size == (4, 4) and net.layer3[1].conv2.dcn is not None
+    assert type(net.layer3[0].conv2).__name__ == 'DeformConv2dPack'  # kept, DCN
+    keys = net.state_dict().keys()
+    assert 'layer3.1.conv2.qkv_transform.weight' in keys and 'layer3.1.bn2.weight' not in keys
+    # the upstream forward runs the block: conv1 -> LESA -> ReLU -> conv3, no norm2
+    x = torch.randn(1, 128, 8, 8)  # layer3 input: 128 channels
+    block = net.layer3[0]
+    mid = block.relu(block.norm1(block.conv1(x)))
+    b1 = net.layer3[1]
+    y = block(x)
+    expected = b1.relu(b1.norm3(b1.conv3(b1.relu(b1.conv2(b1.relu(b1.norm1(b1.conv1(y))))))) + y)
+    torch.testing.assert_close(b1(y), expected)
+    assert mid.shape[1] == 64
+    outs = net(torch.randn(1, 3, 96, 80))
+    assert [o.shape[-2:] for o in outs] == [(24, 20), (12, 10), (6, 5), (3, 3)]
+
+
+def test_lesa_resnet_bad_arguments():
+    with pytest.raises(ValueError, match='lesa_stages must be 4 bools'):
+        _resnet('LESAResNet', lesa_stages=(True, ))
+    with pytest.raises(ValueError, match=r"must not set \['in_channels'\]"):
+        _resnet('LESAResNet', lesa=dict(in_channels=8))
+    with pytest.raises(ValueError, match='cannot both be True'):
+        _resnet('LESAResNet', with_cp=True, lesa=dict(with_cp=True))
+    with pytest.raises(ValueError, match='pe_sizes must hold 4 entries'):
+        _resnet('LESAResNet', pe_sizes=(1, 2))
+
+
+def test_lesa_resnet_v1c_for_mmseg():
+    from mmseg.registry import MODELS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        net = MODELS.build(dict(type='mmctx.LESAResNetV1c', depth=50, base_channels=16,
+                                stem_channels=16, norm_cfg=dict(type='BN'),
+                                strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                                lesa=dict(num_heads=4)))
+    net.eval()
+    assert len(net.lesa_blocks()) == 5 + 3
+    outs = net(torch.randn(1, 3, 64, 48))
+    assert outs[-1].shape == (1, 512, 8, 6) and torch.isfinite(outs[-1]).all()
+
+
+@pytest.mark.parametrize('path', LESA_DET_CONFIGS,
+                         ids=[osp.basename(p) for p in LESA_DET_CONFIGS])
+def test_lesa_detection_configs(path):
+    from mmengine.config import Config
+
+    from .test_det import build_detector, data_sample, small_test_cfg
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmdet' and cfg.custom_imports['imports'] == ['mmctx']
+    resize = cfg.train_dataloader.dataset.pipeline[2]
+    fixed = osp.basename(path).endswith('1024x1024.py')
+    assert resize.scale == ((1024, 1024) if fixed else (1333, 800))
+    assert resize.keep_ratio == (not fixed)
+    assert cfg.optim_wrapper.optimizer.lr == 0.01 and cfg.train_cfg.max_epochs == 20
+    assert cfg.train_dataloader.batch_size == 1
+    model = build_detector(cfg, small_test_cfg(score_thr=0.)).eval()
+    blocks = model.backbone.lesa_blocks()
+    assert len(blocks) == 5 + 3 and all(b.with_cp and b.dcn for _, b in blocks)
+    assert [b.pe_size for _, b in blocks] == [(64, 64)] * 5 + [(64, 64)] + [(32, 32)] * 2
+    with torch.no_grad():  # any size: a small, non-square input
+        (cls_score, _, mask_pred), = model(torch.randn(1, 3, 128, 160), [data_sample(128, 160)],
+                                           mode='tensor')
+    assert torch.isfinite(cls_score).all() and mask_pred.shape[1:] == (80, 28, 28)

@@ -56,7 +56,7 @@ def test_config_builds_and_runs_forward(path):
         expected = {'nonlocal': 'NonLocalBlock', 'dnl-official': 'DisentangledNonLocalBlock',
                     'dnl-pairwise': 'PairwiseNonLocalBlock', 'dnl-unary': 'UnaryNonLocalBlock',
                     'dnl': 'DisentangledNonLocalBlock', 'snl': 'SimplifiedNonLocalBlock',
-                    'gcnet': 'GlobalContextBlock'}
+                    'gcnet': 'GlobalContextBlock', 'lesa': 'LESABlock'}
         algo = next(k for k in expected if name.split('_')[0].startswith(k))
         assert type(head.block).__name__ == expected[algo]
         if 'depth' in cfg.model.backbone:

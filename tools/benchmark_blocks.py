@@ -32,9 +32,26 @@ import subprocess
 import sys
 import time
 
-PAIRS = ('nl', 'dnl', 'gc')
+PAIRS = ('nl', 'dnl', 'gc', 'lesa')
 SIZES = ('32x64', '64x128', '96x192', '128x256')
 TRAIN_SIZES = ('32x64', '48x96', '64x128')
+#: LESA: ImageNet's 14×14 and stage 3 of a 1024² / 1333×800 detection input
+LESA_SIZES = ('14x14', '50x84', '64x64')
+LESA_CHANNELS = 256  # 8 heads
+
+
+class _Explicit:
+    """A block's explicit path (the official computation, every map kept)."""
+
+    def __init__(self, block):
+        self.block = block
+
+    def __call__(self, x):
+        return self.block.forward_with_attention(x)[0]
+
+    def train(self, mode=True):
+        self.block.train(mode)
+        return self
 
 
 # ---------------------------------------------------------------- one worker
@@ -45,6 +62,10 @@ def _build(pair: str, impl: str, channels: int):
                                      NonLocalBlock)
     from mmctx.models.blocks.convert import convert_block_state_dict
     torch.manual_seed(0)
+    if pair == 'lesa':  # memory-efficient vs explicit (the official computation)
+        from mmctx.models.blocks import LESABlock
+        block = LESABlock(channels, pe_size=(64, 64))
+        return block if impl == 'mmctx' else _Explicit(block)
     if pair == 'nl':
         from mmcv.cnn import NonLocal2d
         up = NonLocal2d(channels, norm_cfg=dict(type='BN'))
@@ -173,7 +194,7 @@ def report(results, flops, args) -> str:
         f'{platform.processor() or platform.platform()}; torch {torch.__version__}, '
         f'{torch.get_num_threads()} intra-op threads',
         f'- command: `python tools/benchmark_blocks.py {" ".join(args.argv)}`'.rstrip(),
-        f'- C={args.channels}, batch 1, fp32; time = median of at least {args.repeats} calls '
+        f'- C={args.channels} (LESA: C={LESA_CHANNELS}, 8 heads), batch 1, fp32; time = median of at least {args.repeats} calls '
         '(and at least 1 s of calls) after one warm-up call, or the single call when it '
         'takes > 5 s; peak = rise of the resident set during the first call',
         f'- sgemm 4096³: **{flops["sgemm_gflops"]:.0f} GFLOP/s**; attention core (SDPA, '
@@ -184,10 +205,11 @@ def report(results, flops, args) -> str:
         'mmctx peak | upstream peak | memory ratio (upstream/mmctx) |',
         '|---|---|---|---|---|---|---|---|---|']
     names = dict(nl='NL vs mmcv NonLocal2d', dnl='DNL vs mmseg DisentangledNonLocal2d',
-                 gc='GC vs mmcv ContextBlock')
-    for pair in PAIRS:
+                 gc='GC vs mmcv ContextBlock',
+                 lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)')
+    for pair in args.pairs:
         for mode in ('inference', 'train'):
-            for size in (args.sizes if mode == 'inference' else args.train_sizes):
+            for size in sizes_for(pair, mode, args):
                 get = lambda impl: next(r for r in results if (
                     r['pair'], r['mode'], tuple(r['size']), r['impl']) == (
                         pair, mode, size, impl))
@@ -200,6 +222,12 @@ def report(results, flops, args) -> str:
                     f'{fmt_t(up)} | {ratio(ours, up, "time_s")} | {fmt_m(ours)} | '
                     f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} |')
     return '\n'.join(lines) + '\n'
+
+
+def sizes_for(pair: str, mode: str, args):
+    if pair == 'lesa':
+        return args.lesa_sizes
+    return args.sizes if mode == 'inference' else args.train_sizes
 
 
 def plot(results, path: str) -> None:
@@ -241,6 +269,11 @@ def main(argv=None) -> int:
     parser.add_argument('--train-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in TRAIN_SIZES],
                         help='forward+backward sizes HxW')
+    parser.add_argument('--lesa-sizes', type=parse_size, nargs='+',
+                        default=[parse_size(s) for s in LESA_SIZES],
+                        help='LESA sizes HxW (inference and forward+backward, C=256)')
+    parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=list(PAIRS),
+                        help='which comparisons to run (default: all)')
     parser.add_argument('--channels', type=int, default=512)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--quick', action='store_true', help='32x64 and 48x96 only')
@@ -252,14 +285,17 @@ def main(argv=None) -> int:
         parser.error('--channels must be >= 2 and --repeats >= 1')
     if args.quick:
         args.sizes = args.train_sizes = [(32, 64), (48, 96)]
+        args.lesa_sizes = [(14, 14), (32, 32)]
     args.sizes = [tuple(s) for s in args.sizes]
     args.train_sizes = [tuple(s) for s in args.train_sizes]
+    args.lesa_sizes = [tuple(s) for s in args.lesa_sizes]
     os.makedirs(args.out_dir, exist_ok=True)
 
-    specs = [dict(pair=p, impl=i, mode=m, size=s, channels=args.channels,
+    specs = [dict(pair=p, impl=i, mode=m, size=s,
+                  channels=LESA_CHANNELS if p == 'lesa' else args.channels,
                   repeats=args.repeats)
-             for p in PAIRS for m in ('inference', 'train')
-             for s in (args.sizes if m == 'inference' else args.train_sizes)
+             for p in args.pairs for m in ('inference', 'train')
+             for s in sizes_for(p, m, args)
              for i in ('mmctx', 'upstream')]
     results = []
     for n, spec in enumerate(specs, 1):

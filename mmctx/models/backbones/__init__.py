@@ -1,9 +1,11 @@
 """Backbone integrations (import only what the installed upstream packages allow)."""
 import importlib.util
 
+from . import lesa_resnet  # noqa: F401  (LESAResNet / LESAResNetV1c where mmdet / mmseg are)
+from .lesa_resnet import LESAResNetMixin
 from .tiny_convnet import TinyConvNet
 
-__all__ = ['TinyConvNet']
+__all__ = ['TinyConvNet', 'LESAResNetMixin']
 
 if importlib.util.find_spec('mmdet') is not None:
     from .context_resnet import ContextResNet  # noqa: F401

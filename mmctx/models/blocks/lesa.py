@@ -185,7 +185,8 @@ class LESABlock(ContextBlockBase):
         with_cp: checkpoint the unary and binary terms (``with_cp_UB_terms_only``).
 
     Shape:
-        ``(N, in_channels, H, W)`` → ``(N, out_channels, ⌊H/stride⌋, ⌊W/stride⌋)``.
+        ``(N, in_channels, H, W)`` → ``(N, out_channels, ⌈H/stride⌉, ⌈W/stride⌉)``, the
+        size of the strided 3×3 conv LESA replaces.
     """
 
     _abbr_ = 'lesa_block'
@@ -259,7 +260,9 @@ class LESABlock(ContextBlockBase):
                 nn.ReLU(), nn.Conv2d(2 * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
             self.projection = nn.Sequential(nn.Conv2d(c, c, 1, bias=False),
                                             nn.BatchNorm2d(c))
-        self.pooling = nn.AvgPool2d(stride, stride) if stride > 1 else None
+        # ceil_mode: ⌈H/stride⌉ as the strided conv it replaces (odd sizes: a partial last
+        # window); at the official even sizes this is the official AvgPool2d(stride)
+        self.pooling = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
         self.reset_parameters()
 
     # --- init ---------------------------------------------------------------------
