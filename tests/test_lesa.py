@@ -394,3 +394,56 @@ def test_lesa_detection_configs(path):
         (cls_score, _, mask_pred), = model(torch.randn(1, 3, 128, 160), [data_sample(128, 160)],
                                            mode='tensor')
     assert torch.isfinite(cls_score).all() and mask_pred.shape[1:] == (80, 28, 28)
+
+
+# --- mmpretrain: the ImageNet LESA-ResNet-50 / WRN-50 configs ------------------------
+
+LESA_CLS_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'lesa', '*_in1k.py')))
+
+
+@pytest.mark.parametrize('path', LESA_CLS_CONFIGS,
+                         ids=[osp.basename(p) for p in LESA_CLS_CONFIGS])
+def test_lesa_imagenet_configs(path):
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmpretrain'
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.lr, opt.weight_decay, opt.nesterov) == (0.05, 8e-5, True)
+    assert cfg.train_cfg.max_epochs == 95 and cfg.auto_scale_lr.base_batch_size == 128
+    assert [s.end for s in cfg.param_scheduler] == [5, 95]
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    model.eval()
+    blocks = model.backbone.lesa_blocks()
+    assert [n for n, _ in blocks] == [f'layer3.{i}.conv2' for i in range(1, 6)] + \
+        [f'layer4.{i}.conv2' for i in range(3)]
+    assert all(b.pe_type == 'classification' and b.pe_size == (14, 14) for _, b in blocks)
+    wide = 'wrn' in osp.basename(path)
+    assert blocks[0][1].in_channels == (512 if wide else 256)
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 224, 224), mode='tensor')
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match='tied to the feature-map size'):
+        model(torch.randn(1, 3, 192, 192), mode='tensor')  # 12×12 at stage 3
+
+
+def test_lesa_imagenet_train_and_test_on_tiny_imagenet(tmp_path):
+    """tools/train.py (1 epoch) then tools/test.py on a tiny ImageNet in mmpretrain's
+    layout (224 crops: the classification form needs its 14×14)."""
+    from mmctx.testing import make_imagenet
+
+    from .conftest import python, scalars
+    root = make_imagenet(str(tmp_path / 'imagenet'), splits=dict(train=4, val=2))
+    config = osp.join(ROOT, 'configs', 'lesa', 'lesa-resnet50_4xb32-95e_in1k.py')
+    work_dir = str(tmp_path / 'wd')
+    opts = ['--cfg-options', 'tiny_run.factor=1', f'tiny_run.data_root={root}']
+    python('tools/train.py', config, '--work-dir', work_dir, *opts)
+    records = scalars(work_dir)
+    losses = [r['loss'] for r in records if 'loss' in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert any('accuracy/top1' in r for r in records)
+    out = python('tools/test.py', config, osp.join(work_dir, 'epoch_1.pth'), '--work-dir',
+                 str(tmp_path / 'test'), *opts)
+    assert 'accuracy/top1' in out.stdout + out.stderr

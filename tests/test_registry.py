@@ -10,6 +10,7 @@ SCOPES = {
     'mmseg': 'mmseg.registry',
     'mmdet': 'mmdet.registry',
     'mmaction': 'mmaction.registry',
+    'mmpretrain': 'mmpretrain.registry',
     'mmcv plugin builder': None,
 }
 
@@ -92,10 +93,11 @@ def _registered_names():
 
     from mmaction.utils import register_all_modules as reg_action
     from mmdet.utils import register_all_modules as reg_det
+    from mmpretrain.utils import register_all_modules as reg_pretrain
     from mmseg.utils import register_all_modules as reg_seg
     import mmcv.cnn  # noqa: F401  (registers mmcv's bricks in the roots)
     import mmctx.models  # noqa: F401
-    for register in (reg_seg, reg_det, reg_action):
+    for register in (reg_seg, reg_det, reg_action, reg_pretrain):
         register(init_default_scope=False)
     names = {}
 
@@ -116,7 +118,7 @@ def _registered_names():
 
 def test_no_name_collides_with_upstream():
     names = _registered_names()
-    assert {'mmengine', 'mmseg', 'mmdet', 'mmaction', 'mmctx'} <= set(names)
+    assert {'mmengine', 'mmseg', 'mmdet', 'mmaction', 'mmpretrain', 'mmctx'} <= set(names)
     ours = set().union(*names['mmctx'].values())
     assert 'GlobalContextBlock' in ours
     upstream = set()

@@ -8,7 +8,8 @@
 #                      already has a CUDA build of torch, the venv sees it
 #                      (--system-site-packages) and keeps it.
 #   PIP_FIND_LINKS     extra wheelhouses (space separated); a prebuilt mmcv 2.1.0 wheel
-#                      there is used if it imports against the venv's torch.
+#                      there (or in its torch-<version>/ subfolder) is used if it
+#                      imports against the venv's torch.
 #   MMCTX_WHEEL_CACHE  where a self-built mmcv wheel is cached
 #                      (default: ${XDG_CACHE_HOME:-~/.cache}/mmctx/wheels).
 #   MMCTX_VENV         venv location (default: <repo>/.venv).
@@ -19,7 +20,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MMCTX_VENV:-$ROOT/.venv}"
 BASE_PY="${PYTHON:-python3}"
-TORCH_VERSION="2.13.0"
+# PyPI's torch 2.14.1 (a CUDA build that also runs on CPUs) pairs with torchvision 0.29.1,
+# which mmpretrain imports; the CPU-only torch builds have no loadable torchvision on PyPI
+TORCH_VERSION="2.14.1"
+TORCHVISION_VERSION="0.29.1"
 MMCV_VERSION="2.1.0"
 SETUPTOOLS_VERSION="80.9.0"
 CACHE_ROOT="${MMCTX_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmctx/wheels}"
@@ -60,20 +64,31 @@ step "build tools (setuptools==$SETUPTOOLS_VERSION, wheel, ninja)" \
   "check that PyPI is reachable (pip config list)"
 "${PIP[@]}" install -q "setuptools==$SETUPTOOLS_VERSION" wheel ninja numpy
 
-step "torch" "pip install torch==$TORCH_VERSION inside $VENV by hand to see pip's full error"
+step "torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION" \
+  "pip install torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION inside $VENV by hand to see pip's full error"
 TORCH_HAVE="$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
-TORCH_CUDA="$("$PY" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null || true)"
-if [ -n "$TORCH_CUDA" ]; then
-  echo "  keeping the CUDA build torch $TORCH_HAVE (CUDA $TORCH_CUDA)"
-elif [ "${TORCH_HAVE%%+*}" = "$TORCH_VERSION" ]; then
-  echo "  torch $TORCH_HAVE already installed"
+TV_HAVE="$("$PY" -c 'import torchvision; print(torchvision.__version__)' 2>/dev/null || true)"
+if [ -n "$BASE_CUDA_TORCH" ] && [ -n "$TORCH_HAVE" ]; then
+  echo "  keeping the base interpreter's CUDA build torch $TORCH_HAVE"
+  if [ -z "$TV_HAVE" ]; then
+    # the torchvision release built for that torch (pip picks it by torch's pin)
+    "${PIP[@]}" install "torch==${TORCH_HAVE%%+*}" torchvision
+  fi
+elif [ "${TORCH_HAVE%%+*}" = "$TORCH_VERSION" ] && [ "${TV_HAVE%%+*}" = "$TORCHVISION_VERSION" ]; then
+  echo "  torch $TORCH_HAVE and torchvision $TV_HAVE already installed"
 else
-  # pinned: a bare `torch` would pull a multi-GB CUDA build on a CPU machine
-  "${PIP[@]}" install "torch==$TORCH_VERSION"
-  TORCH_HAVE="$("$PY" -c 'import torch; print(torch.__version__)')"
+  # pinned together: a bare `torch` could pull another build than torchvision's
+  "${PIP[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
+TORCH_HAVE="$("$PY" -c 'import torch; print(torch.__version__)')"
+TORCH_CUDA="$("$PY" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null || true)"
+"$PY" -c 'import torchvision.ops' || { echo "  torchvision does not load against torch $TORCH_HAVE" >&2; false; }
 CONSTRAINTS="$VENV/mmctx-constraints.txt"
-printf 'torch==%s\nsetuptools==%s\n' "$TORCH_HAVE" "$SETUPTOOLS_VERSION" > "$CONSTRAINTS"
+# pin what is installed, by its package version (torch.__version__ may carry a "+cu130"
+# label that its wheel's metadata does not)
+PINS="$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"), m.version("torchvision"))')"
+printf 'torch==%s\ntorchvision==%s\nsetuptools==%s\n' ${PINS% *} ${PINS#* } \
+  "$SETUPTOOLS_VERSION" > "$CONSTRAINTS"
 
 step "mmengine 0.10.7" "pip install mmengine==0.10.7"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "mmengine==0.10.7"
@@ -88,32 +103,58 @@ step "mmcv $MMCV_VERSION with compiled ops" \
   "the build needs gcc/g++ and the Python headers (Debian: apt-get install build-essential python3-dev); on a GPU box, nvcc matching torch's CUDA"
 PYTAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 WHEEL_DIR="$CACHE_ROOT/mmcv-$MMCV_VERSION-torch$TORCH_HAVE-$PYTAG"
+# the wheelhouses to try, one at a time: the cache, then each PIP_FIND_LINKS entry's
+# torch-<version>/ subfolder and the entry itself (an mmcv built for another torch fails
+# mmcv_ok and is skipped)
+candidates() {
+  echo "$WHEEL_DIR"
+  for d in ${PIP_FIND_LINKS:-}; do
+    d="${d#file://}"
+    [ -d "$d/torch-${TORCH_HAVE%%+*}" ] && echo "$d/torch-${TORCH_HAVE%%+*}"
+    [ -d "$d" ] && echo "$d"
+  done
+}
 if mmcv_ok; then
   echo "  mmcv $MMCV_VERSION with ops already installed"
 else
   mkdir -p "$WHEEL_DIR"
-  # 1) a wheel from the cache or from PIP_FIND_LINKS (pip reads that variable itself)
-  if "${PIP[@]}" install -q --no-deps --no-index --find-links "$WHEEL_DIR" "mmcv==$MMCV_VERSION" 2>/dev/null \
-      && mmcv_ok; then
-    echo "  installed a prebuilt wheel (cache: $WHEEL_DIR, find-links: ${PIP_FIND_LINKS:-none})"
-  else
+  FOUND=""
+  for d in $(candidates); do
+    # 1) a prebuilt wheel from this wheelhouse only
+    if PIP_FIND_LINKS="" "${PIP[@]}" install -q --no-deps --no-index --force-reinstall \
+        --find-links "$d" "mmcv==$MMCV_VERSION" >/dev/null 2>&1 && mmcv_ok; then
+      echo "  installed a prebuilt wheel from $d"
+      FOUND=1
+      break
+    fi
     "${PIP[@]}" uninstall -q -y mmcv >/dev/null 2>&1 || true
-    # 2) build once from the PyPI source archive against this torch, then cache it
+  done
+  if [ -z "$FOUND" ]; then
+    # 2) build once from the PyPI source archive against this torch, then cache it.
+    # torch >= 2.14 headers need C++20, and mmcv 2.1.0's setup.py passes -std=c++14/17:
+    # the archive is patched to -std=c++20 (STACK notes in the README).
     FORCE_CUDA=0
-    [ -n "$TORCH_CUDA" ] && FORCE_CUDA=1
+    [ -n "$TORCH_CUDA" ] && "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' \
+      && FORCE_CUDA=1
     echo "  no usable prebuilt wheel: building mmcv $MMCV_VERSION from source"
-    echo "  (about 15 minutes on 2 CPU cores; longer with CUDA ops; cached in $WHEEL_DIR)"
+    echo "  (about 35 minutes on 2 CPU cores; longer with CUDA ops; cached in $WHEEL_DIR)"
+    SRC="$(mktemp -d)"
+    PIP_FIND_LINKS="" "${PIP[@]}" download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$SRC"
+    tar xzf "$SRC/mmcv-$MMCV_VERSION.tar.gz" -C "$SRC"
+    sed -i "s/'-std=c++17'/'-std=c++20'/g; s/'-std=c++14'/'-std=c++20'/g" "$SRC/mmcv-$MMCV_VERSION/setup.py"
     MMCV_WITH_OPS=1 FORCE_CUDA=$FORCE_CUDA MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-      "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv \
-        -c "$CONSTRAINTS" "mmcv==$MMCV_VERSION" -w "$WHEEL_DIR"
-    "${PIP[@]}" install -q --no-deps --no-index --find-links "$WHEEL_DIR" "mmcv==$MMCV_VERSION"
+      "${PIP[@]}" wheel --no-cache-dir --no-build-isolation --no-deps \
+        -c "$CONSTRAINTS" "$SRC/mmcv-$MMCV_VERSION" -w "$WHEEL_DIR"
+    rm -rf "$SRC"
+    PIP_FIND_LINKS="" "${PIP[@]}" install -q --no-deps --no-index --force-reinstall \
+      --find-links "$WHEEL_DIR" "mmcv==$MMCV_VERSION"
     mmcv_ok || { echo "  the freshly built mmcv does not import its ops" >&2; false; }
   fi
 fi
 # mmcv's own (pure-Python) dependencies
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "mmcv==$MMCV_VERSION"
 
-step "mmsegmentation 1.2.2, mmdet 3.3.0, mmaction2 1.2.0" \
+step "mmsegmentation 1.2.2, mmdet 3.3.0, mmaction2 1.2.0, mmpretrain 1.2.0" \
   "pip install -c $CONSTRAINTS -r $ROOT/requirements/stack.txt"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/stack.txt"
 
@@ -126,10 +167,12 @@ step "mmaction2 1.2.0 wheel: restore the missing localizers/drn package (STACK.m
 
 step "verifying the stack" "run the printed python snippet by hand to see the traceback"
 "$PY" - <<'EOF'
-import torch, mmengine, mmcv, mmcv.ops, mmseg, mmdet, mmaction, mmaction.models, mmctx
-print(f"  torch {torch.__version__} (cuda: {torch.version.cuda}), mmengine {mmengine.__version__}, "
-      f"mmcv {mmcv.__version__} (ops ok), mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, "
-      f"mmaction2 {mmaction.__version__}, mmctx {mmctx.__version__}")
+import torch, torchvision, torchvision.ops, mmengine, mmcv, mmcv.ops, mmseg, mmdet
+import mmaction, mmaction.models, mmpretrain, mmpretrain.models, mmctx
+print(f"  torch {torch.__version__} (cuda: {torch.version.cuda}), torchvision "
+      f"{torchvision.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} "
+      f"(ops ok), mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmaction2 "
+      f"{mmaction.__version__}, mmpretrain {mmpretrain.__version__}, mmctx {mmctx.__version__}")
 EOF
 trap - ERR
 printf '\n[mmctx setup] done: activate with  source %s/bin/activate\n' "$VENV"

@@ -20,7 +20,7 @@ from mmengine.runner import Runner
 
 import mmctx  # noqa: F401  (safe checkpoint loading, registries)
 from mmctx.utils import (add_launch_args, init_cpu_distributed, parse_launch_args,
-                         prepare_cfg)
+                         prepare_cfg, shutdown_distributed)
 
 
 def parse_args():
@@ -56,14 +56,17 @@ def main():
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     init_cpu_distributed(args.launcher)
-    runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    _quiet.filter_logger(runner.logger)
-    if args.out:
-        out = osp.abspath(args.out)
-        if not out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out must end with .pkl or .pickle, got {args.out!r}')
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
-    runner.test()
+    try:
+        runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
+        _quiet.filter_logger(runner.logger)
+        if args.out:
+            out = osp.abspath(args.out)
+            if not out.endswith(('.pkl', '.pickle')):
+                raise ValueError(f'--out must end with .pkl or .pickle, got {args.out!r}')
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
+        runner.test()
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 
 import mmctx  # noqa: F401  (safe checkpoint loading, registries)
 from mmctx.utils import (add_launch_args, init_cpu_distributed, parse_launch_args,
-                         prepare_cfg)
+                         prepare_cfg, shutdown_distributed)
 from mmctx.utils.pretrained import is_download_error, offline_message
 
 
@@ -54,6 +54,8 @@ def main():
             raise
         print(offline_message(cfg, e), file=_sys.stderr)
         return 1
+    finally:
+        shutdown_distributed()
     return 0
 
 

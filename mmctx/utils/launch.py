@@ -58,6 +58,17 @@ def init_cpu_distributed(launcher: str) -> bool:
     return True
 
 
+def shutdown_distributed() -> None:
+    """Destroy the default process group, if any, before the process exits.
+
+    torch >= 2.14 aborts a gloo process (``terminate called without an active
+    exception``, SIGABRT) whose process group is still alive at interpreter exit;
+    mmengine 0.10.7 never destroys it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def prepare_cfg(cfg: Config, *, config_path: str, launcher: str = 'none',
                 work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                 amp: bool = False) -> Config:

@@ -125,3 +125,13 @@ if importlib.util.find_spec('mmseg') is not None:
     class LESAResNetV1c(LESAResNetMixin, _MMSegResNetV1c):
         """mmseg's ``ResNetV1c`` (the ``-D8`` backbones) with LESA blocks; see
         :class:`LESAResNetMixin`."""
+
+if importlib.util.find_spec('mmpretrain') is not None:
+    from mmpretrain.models.backbones.resnet import ResNet as _MMPretrainResNet
+
+    @MODELS.register_module()
+    class LESAResNetCls(LESAResNetMixin, _MMPretrainResNet):
+        """mmpretrain's ``ResNet`` with LESA blocks (the official ImageNet LESA
+        backbones: ``strides=(1, 2, 2, 1)``, LESA in stages 3–4 with
+        ``pe_type='classification'`` at ``pe_sizes=(56, 28, 14, 14)``; WRN-50-2:
+        ``base_channels=128, expansion=2``); see :class:`LESAResNetMixin`."""
