@@ -94,11 +94,20 @@ step "mmengine 0.10.7" "pip install mmengine==0.10.7"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "mmengine==0.10.7"
 
 mmcv_ok() {
+  # mmcv.ops needs the compiled mmcv._ext; an _ext built for another torch may still
+  # import, so a few ops also run
   "$PY" - <<EOF >/dev/null 2>&1
-import mmcv, mmcv.ops  # mmcv.ops needs the compiled mmcv._ext
+import torch, mmcv
+from mmcv.ops import DeformConv2dPack, nms, roi_align
 assert mmcv.__version__ == "$MMCV_VERSION", mmcv.__version__
+boxes = torch.tensor([[0., 0., 4., 4.], [0., 0., 4., 4.1]])
+nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
+roi_align(torch.rand(1, 2, 8, 8), torch.tensor([[0., 0., 0., 4., 4.]]), (2, 2))
+DeformConv2dPack(2, 2, 3, padding=1)(torch.rand(1, 2, 5, 5))
 EOF
 }
+# the torch an installed mmcv was set up for (a changed torch means another mmcv)
+MMCV_STAMP="$VENV/mmctx-mmcv-built-for-torch.txt"
 step "mmcv $MMCV_VERSION with compiled ops" \
   "the build needs gcc/g++ and the Python headers (Debian: apt-get install build-essential python3-dev); on a GPU box, nvcc matching torch's CUDA"
 PYTAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
@@ -114,9 +123,10 @@ candidates() {
     [ -d "$d" ] && echo "$d"
   done
 }
-if mmcv_ok; then
+if [ "$(cat "$MMCV_STAMP" 2>/dev/null)" = "$TORCH_HAVE" ] && mmcv_ok; then
   echo "  mmcv $MMCV_VERSION with ops already installed"
 else
+  rm -f "$MMCV_STAMP"
   mkdir -p "$WHEEL_DIR"
   FOUND=""
   for d in $(candidates); do
@@ -150,6 +160,7 @@ else
       --find-links "$WHEEL_DIR" "mmcv==$MMCV_VERSION"
     mmcv_ok || { echo "  the freshly built mmcv does not import its ops" >&2; false; }
   fi
+  echo "$TORCH_HAVE" > "$MMCV_STAMP"
 fi
 # mmcv's own (pure-Python) dependencies
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "mmcv==$MMCV_VERSION"
