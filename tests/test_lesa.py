@@ -313,8 +313,8 @@ def _resnet(cls_name, **kwargs):
     from mmdet.registry import MODELS
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope('mmdet'):
-        return MODELS.build(dict(type=f'mmctx.{cls_name}', depth=50, base_channels=16,
-                                 norm_cfg=dict(type='BN'), **kwargs))
+        return MODELS.build(dict(dict(type=f'mmctx.{cls_name}', depth=50, base_channels=16,
+                                      norm_cfg=dict(type='BN')), **kwargs))
 
 
 def test_lesa_resnet_places_blocks_like_the_official_backbone():
@@ -447,3 +447,155 @@ def test_lesa_imagenet_train_and_test_on_tiny_imagenet(tmp_path):
     out = python('tools/test.py', config, osp.join(work_dir, 'epoch_1.pth'), '--work-dir',
                  str(tmp_path / 'test'), *opts)
     assert 'accuracy/top1' in out.stdout + out.stderr
+
+
+# --- official checkpoints: conversion, checked against a re-statement ----------------
+
+class OfficialLESA(torch.nn.Module):
+    """The official LESA module's parameters (names, shapes, the persistent
+    ``flatten_index`` buffer) and its eval-mode equations, restated for this test from
+    the paper / official equations (classification form)."""
+
+    def __init__(self, c, size, groups=8):
+        super().__init__()
+        nn = torch.nn
+        self.g, self.qk, self.v, self.L = groups, c // groups // 2, c // groups, size * size
+        self.qkv_transform = nn.Conv1d(c, 2 * c, 1, bias=False)
+        self.bn_qkv = nn.BatchNorm1d(2 * c)
+        self.bn_similarity = nn.BatchNorm2d(3 * groups)
+        self.bn_output = nn.BatchNorm1d(2 * c)
+        self.x_transform = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=groups,
+                                                   bias=False), nn.Conv2d(c, c, 1, bias=False))
+        self.bn_x = nn.BatchNorm2d(c)
+        self.reasoning = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * c, c, 1, bias=False),
+                                       nn.BatchNorm2d(c), nn.ReLU())
+        self.projection = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.relative = nn.Parameter(torch.randn(2 * self.qk + self.v, 2 * self.L - 1))
+        i = torch.arange(self.L)
+        self.register_buffer('flatten_index', (i.view(-1, 1) - i.view(1, -1)
+                                               + self.L - 1).reshape(-1))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        g, dq, dv, L = self.g, self.qk, self.v, self.L
+        qkv = self.bn_qkv(self.qkv_transform(x.reshape(n, c, L))).view(n, g, 2 * dq + dv, L)
+        q, k, v = qkv[:, :, :dq], qkv[:, :, dq:2 * dq], qkv[:, :, 2 * dq:]
+        emb = self.relative[:, self.flatten_index].view(-1, L, L)  # [c, i, j]: offset i-j
+        logits = torch.cat([torch.einsum('ngci,ngcj->ngij', q, k),
+                            torch.einsum('ngci,cij->ngij', q, emb[:dq]),
+                            torch.einsum('ngcj,cji->ngij', k, emb[dq:2 * dq])], 1)
+        a = self.bn_similarity(logits).view(n, 3, g, L, L).sum(1).softmax(-1)
+        sv = torch.einsum('ngij,ngcj->ngci', a, v)
+        sve = torch.einsum('ngij,cij->ngci', a, emb[2 * dq:])
+        pairs = torch.stack([sv, sve], 3).reshape(n, 2 * c, L)  # (sv_m, sve_m) per channel
+        binary = self.bn_output(pairs).view(n, c, 2, L).sum(2).view(n, c, h, w)
+        unary = self.bn_x(self.x_transform(x))
+        gate = torch.sigmoid(self.projection(self.reasoning(torch.cat([unary, binary], 1))))
+        return unary + gate * binary
+
+
+def official_lesa_resnet50():
+    """The official classification network: a torchvision ResNet-50 with strides
+    (1, 2, 2, 1) whose stage 3 (but its first block) and stage 4 Bottlenecks hold the LESA
+    module as ``conv2`` and no ``bn2``."""
+    import torchvision
+    net = torchvision.models.resnet50(weights=None)
+    first = net.layer4[0]
+    first.conv2.stride, first.downsample[0].stride = (1, 1), (1, 1)
+    for layer, start in ((net.layer3, 1), (net.layer4, 0)):
+        for block in list(layer)[start:]:
+            block.conv2 = OfficialLESA(block.conv2.in_channels, 14)
+            block.bn2 = torch.nn.Identity()
+    return net
+
+
+def test_official_imagenet_checkpoint_converts_to_the_same_logits(tmp_path):
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import load_checkpoint
+    from mmpretrain.registry import MODELS
+
+    from .conftest import python
+    torch.manual_seed(9)
+    official = randomized(official_lesa_resnet50(), seed=9).eval()
+    with torch.no_grad():  # keep the logits in a sane range: small weights
+        for p in official.parameters():
+            p.mul_(0.2)
+    # DataParallel-style keys, in the official {'net': ...} format
+    src = tmp_path / 'lesa_resnet50.pth'
+    torch.save({'net': {'module.' + k: v for k, v in official.state_dict().items()},
+                'epoch': 95}, src)
+    dst = tmp_path / 'mmctx.pth'
+    out = python('tools/convert_upstream.py', str(src), str(dst)).stdout
+    assert 'official LESA_classification checkpoint' in out
+    assert "pe_type='classification' for 14x14" in out and 'ResNet-50 widths' in out
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'lesa', 'lesa-resnet50_4xb32-95e_in1k.py'))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    load_checkpoint(model, str(dst), strict=True)
+    model.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = official(x)
+        got = model(x, mode='tensor')
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+    # --backbone-only: the ImageNet backbone for a 2-D-table LESA backbone (ImageNet ->
+    # COCO): no head, no classification embeddings; loads into mmdet's LESAResNet
+    backbone = tmp_path / 'backbone.pth'
+    out = python('tools/convert_upstream.py', str(src), str(backbone), '--backbone-only')
+    keys = torch.load(backbone, weights_only=True)['state_dict'].keys()
+    assert not any(k.startswith('fc.') or k.endswith(('.relative', '.flatten_index'))
+                   for k in keys)
+    net = _resnet('LESAResNet', base_channels=64, strides=(1, 2, 2, 1),
+                  lesa=dict(num_heads=8), pe_sizes=(None, None, 14, 14))
+    weights = torch.load(backbone, weights_only=True)['state_dict']
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    assert not unexpected and missing and all(k.endswith(('rel_height', 'rel_width'))
+                                              for k in missing)
+    # what transfers: the q·k BN channels and the Σ a·v output BN channels
+    bn = official.layer3[1].conv2
+    torch.testing.assert_close(net.layer3[1].conv2.bn_similarity.weight[:8],
+                               bn.bn_similarity.weight[:8])
+    assert torch.equal(net.layer3[1].conv2.bn_similarity.running_var[8:], torch.ones(8))
+    torch.testing.assert_close(net.layer3[1].conv2.bn_output.running_mean,
+                               bn.bn_output.running_mean[0::2])
+
+
+def test_official_detection_checkpoint_loads_with_tables_of_another_size(tmp_path):
+    """An official LESA_detection checkpoint keeps its keys; 2-D tables made for another
+    input size (here 1280²: 80×80 at stage 3) are cropped to the config's when loading."""
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+
+    from .conftest import python
+    from .test_det import build_detector
+    path = osp.join(ROOT, 'configs', 'lesa',
+                    'mask-rcnn_lesa-r50-dconv-c3-c5_fpn_8xb1-20e_coco-1024x1024.py')
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.pe_sizes = (320, 160, 80, 40)
+    big = build_detector(cfg)
+    state = big.state_dict()
+    torch.save({'state_dict': state, 'meta': {'mmdet_version': '2.11.0'}},
+               tmp_path / 'official.pth')
+    out = python('tools/convert_upstream.py', str(tmp_path / 'official.pth'),
+                 str(tmp_path / 'mmctx.pth')).stdout
+    assert 'official LESA_detection checkpoint' in out and 'tables for 80x80' in out
+    assert 'deformable unary 3x3' in out
+    model = build_detector(Config.fromfile(path))
+    load_checkpoint(model, str(tmp_path / 'mmctx.pth'), strict=True)
+    table = model.backbone.layer3[1].conv2.rel_height
+    assert table.shape == (127, table.shape[1])
+    torch.testing.assert_close(table, state['backbone.layer3.1.conv2.rel_height'][16:143])
+
+
+def test_convert_refuses_non_lesa_for_backbone_only(tmp_path):
+    from .conftest import ROOT as root
+    torch.save({'state_dict': {'decode_head.conv_seg.weight': torch.zeros(1)}},
+               tmp_path / 'x.pth')
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, osp.join(root, 'tools', 'convert_upstream.py'),
+                           str(tmp_path / 'x.pth'), str(tmp_path / 'y.pth'),
+                           '--backbone-only'], capture_output=True, text=True)
+    assert proc.returncode == 1 and '--backbone-only is for official LESA' in proc.stderr

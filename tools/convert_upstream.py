@@ -1,13 +1,18 @@
-"""Convert a released mmseg NL/DNL/GC, mmdet GCNet or mmaction2 NL checkpoint to mmctx.
+"""Convert a released mmseg NL/DNL/GC, mmdet GCNet, mmaction2 NL or official LESA checkpoint to mmctx.
 
-    python tools/convert_upstream.py SRC.pth DST.pth
+    python tools/convert_upstream.py SRC.pth DST.pth [--backbone-only]
 
 The kind is detected from the keys; the output loads (strictly) into the matching
 mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py or
 configs/gcnet/gcnet_*.py with the same backbone and dataset as the upstream config;
 for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), the
 configs/gcnet/ file of the same name; for mmaction2's I3D / SlowOnly NL recognizers
-(mmcv NonLocal3d blocks), the configs/nonlocal/ file of the same name.
+(mmcv NonLocal3d blocks), the configs/nonlocal/ file of the same name; for the official
+LESA checkpoints (Chenglin-Yang/LESA_classification {'net': ...} ImageNet ResNets,
+LESA_detection Mask R-CNN), configs/lesa/lesa-{resnet50,wrn50}_*_in1k.py and
+configs/lesa/mask-rcnn_lesa-*.py. --backbone-only writes the backbone alone (for
+init_cfg=dict(type='Pretrained', checkpoint=DST) of a LESA backbone, e.g. ImageNet ->
+COCO as in the paper; the classification-form embeddings are left out).
 The checkpoint is read with torch's safe loader (weights_only=True); pass
 --trust-checkpoint only for a file you trust that the safe loader refuses.
 """
@@ -26,7 +31,8 @@ import torch
 
 import mmctx  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
 from mmctx.models.convert import MMDET_PLUGINS, MMSEG_HEADS, ConversionError, \
-    convert_checkpoint, describe_block, describe_det_plugins, describe_mmaction_blocks
+    convert_checkpoint, convert_lesa, describe_block, describe_det_plugins, describe_lesa, \
+    describe_mmaction_blocks, is_lesa
 
 
 def main(argv=None) -> int:
@@ -34,6 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument('src', help='upstream checkpoint (.pth)')
     _quiet.add_flag(parser)
     parser.add_argument('dst', help='where to write the mmctx checkpoint')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='LESA: write the backbone alone, for init_cfg=Pretrained')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load with weights_only=False (only for files you trust)')
     args = parser.parse_args(argv)
@@ -53,16 +61,24 @@ def main(argv=None) -> int:
         print(f'error: {args.src} holds a {type(ckpt).__name__}, not a checkpoint dict',
               file=sys.stderr)
         return 1
-    state_dict = ckpt.get('state_dict', ckpt)
+    # mmengine / mmcv: 'state_dict'; the official LESA classification code: 'net'
+    key = next((k for k in ('state_dict', 'net') if isinstance(ckpt.get(k), dict)), None)
+    state_dict = ckpt[key] if key else ckpt
     try:
-        converted, task, kind = convert_checkpoint(state_dict)
+        if args.backbone_only:
+            if not is_lesa(state_dict):
+                raise ConversionError('--backbone-only is for official LESA checkpoints')
+            converted, kind = convert_lesa(state_dict, backbone_only=True)
+            task = 'lesa'
+        else:
+            converted, task, kind = convert_checkpoint(state_dict)
     except ConversionError as e:
         print(f'error: cannot convert {args.src}: {e}', file=sys.stderr)
         return 1
-    out = dict(ckpt, state_dict=converted) if 'state_dict' in ckpt else dict(
-        state_dict=converted)
+    out = {k: v for k, v in ckpt.items() if k != key} if key else {}
+    out['state_dict'] = converted
     meta = dict(out.get('meta') or {})
-    role = {'mmseg': 'head', 'mmdet': 'plugin', 'mmaction': 'block'}[task]
+    role = {'mmseg': 'head', 'mmdet': 'plugin', 'mmaction': 'block', 'lesa': 'model'}[task]
     meta['mmctx_converted_from'] = dict(source=osp.basename(args.src), **{role: kind})
     out['meta'] = meta
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
@@ -77,6 +93,14 @@ def main(argv=None) -> int:
               f'in mmctx.ContextResNet3d ({len(converted)} tensors, {changed} keys '
               'renamed); use the configs/nonlocal/ config named as the upstream one')
         notes = describe_mmaction_blocks(state_dict)
+    elif task == 'lesa':
+        target = ('a LESA backbone (init_cfg=dict(type=\'Pretrained\', checkpoint=...))'
+                  if args.backbone_only else
+                  'configs/lesa/lesa-*_in1k.py (mmpretrain)' if kind == 'LESA_classification'
+                  else 'configs/lesa/mask-rcnn_lesa-*.py (mmdet)')
+        print(f'{args.src}: official {kind} checkpoint -> {target} ({len(converted)} '
+              'tensors)')
+        notes = describe_lesa(kind, state_dict)
     else:
         _, _, block, name = MMDET_PLUGINS[kind]
         print(f'{args.src}: mmdet detector with {kind} backbone plugins -> {block} '

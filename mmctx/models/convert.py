@@ -14,10 +14,26 @@ Detection: mmdet's GCNet models hold mmcv ``ContextBlock`` plugins in their ResN
 Bottlenecks (``backbone.layerN.M.context_block.*``); the mmctx configs put
 ``GlobalContextBlock`` plugins at the same place, named by its ``_abbr_``
 (``gc_block``), with the same parameter names inside.
+
+LESA (the official ``Chenglin-Yang/LESA_classification`` and ``LESA_detection`` code):
+its LESA module is ``conv2`` of the Bottlenecks with mmctx's parameter names
+(``qkv_transform``, ``bn_similarity``, ``rel_height``, ...), so
+
+* an ImageNet checkpoint (``{'net': state_dict}``, keys of a torchvision-style ResNet,
+  ``module.``-prefixed when trained with DataParallel) becomes an mmpretrain
+  ``ImageClassifier`` (``backbone.*``, ``fc.*`` → ``head.fc.*``), or, with
+  ``backbone_only``, a backbone checkpoint for ``init_cfg=dict(type='Pretrained')`` of
+  the detection / segmentation LESA backbones (without the head, the blocks in the 2-D
+  table form: :func:`to_2d_tables`);
+* an mmdet 2.x Mask R-CNN checkpoint keeps its keys (mmdet 3.3's Mask R-CNN uses the
+  same names); the official ``flatten_index`` buffers are dropped (recomputed), and 2-D
+  tables of another size are adapted when loading (``LESABlock`` crops / interpolates).
 """
 import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
+
+import torch
 
 from .blocks.convert import convert_block_state_dict
 
@@ -54,8 +70,9 @@ def detect_kind(state_dict: Dict) -> str:
             'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint (looked '
             f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}) and no '
             'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
-            'context_block.*) and no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
-            f'non_local_block.*); its keys start with {prefixes}')
+            'context_block.*), no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
+            'non_local_block.*) and no official LESA module (keys [backbone.]layer<i>.<j>.'
+            f'conv2.qkv_transform.weight); its keys start with {prefixes}')
     raise ConversionError(f'the checkpoint holds several context heads: {found}')
 
 
@@ -178,12 +195,114 @@ def describe_mmaction_blocks(state_dict: Dict) -> List[str]:
     return notes
 
 
+# --------------------------------------------------------------------- LESA
+#: a LESA module inside a Bottleneck (official keys, with or without ``backbone.``)
+LESA_KEY = re.compile(r'^(?:module\.)?(?:backbone\.)?layer\d+\.\d+\.conv2\.qkv_transform\.weight$')
+
+
+def is_lesa(state_dict: Dict) -> bool:
+    return any(LESA_KEY.match(k) for k in state_dict)
+
+
+def convert_lesa(state_dict: Dict, backbone_only: bool = False) -> Tuple['OrderedDict', str]:
+    """An official LESA checkpoint → mmctx; returns (state dict, kind).
+
+    kind ``'LESA_classification'`` (mmpretrain ``ImageClassifier``, or the backbone
+    alone with ``backbone_only``) or ``'LESA_detection'`` (mmdet Mask R-CNN).
+    """
+    strip = all(k.startswith('module.') for k in state_dict)
+    sd = OrderedDict((k[len('module.'):] if strip else k, v) for k, v in state_dict.items())
+    sd = OrderedDict((k, v) for k, v in sd.items() if not k.endswith('.flatten_index'))
+    if any(k.startswith('backbone.') for k in sd):  # an mmdet detector
+        if not any(k.startswith(('rpn_head.', 'roi_head.')) for k in sd):
+            raise ConversionError('a LESA backbone with no rpn_head / roi_head keys: not an '
+                                  'official LESA_detection Mask R-CNN checkpoint')
+        if backbone_only:
+            sd = OrderedDict((k[len('backbone.'):], v) for k, v in sd.items()
+                             if k.startswith('backbone.'))
+        return sd, 'LESA_detection'
+    if 'fc.weight' not in sd or 'conv1.weight' not in sd:
+        raise ConversionError('LESA keys without backbone. and without conv1 / fc: not an '
+                              'official LESA_classification ResNet checkpoint')
+    if backbone_only:
+        out = OrderedDict((k, v) for k, v in sd.items() if not k.startswith('fc.'))
+        return to_2d_tables(out), 'LESA_classification'
+    out = OrderedDict()
+    for k, v in sd.items():
+        out[('head.' if k.startswith('fc.') else 'backbone.') + k] = v
+    return out, 'LESA_classification'
+
+
+#: BN statistics of an identity BN, for channels a converted block adds
+_BN_IDENTITY = dict(weight=1., bias=0., running_mean=0., running_var=1.)
+
+
+def to_2d_tables(state_dict: Dict) -> 'OrderedDict':
+    """Classification-form LESA blocks → the 2-D-table form of the detection and
+    segmentation backbones (the paper's ImageNet → COCO path).
+
+    The official detection code drops the relative embeddings *and* (by a shape
+    mismatch) the logits' and the output's BN. Here only what has no 2-D counterpart
+    goes: the flattened-index embeddings ``relative``; ``bn_similarity`` keeps its
+    ``q·k`` channels and gets identity channels for the 2-D relative term (its tables
+    start from their init), and ``bn_output`` keeps the ``Σ a v`` channels (the
+    classification form also normalises the value-embedding term, which the 2-D form
+    has not).
+    """
+    out = OrderedDict(state_dict)
+    prefixes = [k[:-len('relative')] for k in state_dict if k.endswith('.relative')]
+    for prefix in prefixes:
+        del out[prefix + 'relative']
+        for name, init in _BN_IDENTITY.items():
+            key = f'{prefix}bn_similarity.{name}'
+            if key in out:
+                t = out[key]
+                g = t.shape[0] // 3
+                out[key] = torch.cat([t[:g], torch.full_like(t[:g], init)])
+            key = f'{prefix}bn_output.{name}'
+            if key in out:
+                out[key] = out[key][0::2].clone()
+    return out
+
+
+def describe_lesa(kind: str, state_dict: Dict) -> List[str]:
+    """What the keys say: LESA blocks, the relative-position form and sizes, width."""
+    sd = {k.split('module.', 1)[-1]: v for k, v in state_dict.items()}
+    where = sorted({k.rsplit('.conv2.', 1)[0] for k in sd if LESA_KEY.match(k)},
+                   key=lambda p: [int(t) for t in re.findall(r'\d+', p)])
+    notes = [f'{len(where)} LESA blocks: ' + ', '.join(p.replace('backbone.', '') for p in where)]
+    first = where[0] + '.conv2.' if where else ''
+    if first + 'relative' in sd:
+        length = (sd[first + 'relative'].shape[1] + 1) // 2
+        side = int(round(length ** 0.5))
+        notes.append(f"pe_type='classification' for {side}x{side} feature maps"
+                     if side * side == length else
+                     f"pe_type='classification' for {length} positions")
+    elif first + 'rel_height' in sd:
+        size = (sd[first + 'rel_height'].shape[0] + 1) // 2
+        notes.append(f"pe_type='detection_qr', tables for {size}x{size} (other sizes: "
+                     'cropped / interpolated when loading)')
+    if first + 'x_transform.0.conv_offset.weight' in sd:
+        notes.append('deformable unary 3x3 (dcn): use a config with dcn / stage_with_dcn')
+    conv1 = sd.get(f'{where[0]}.conv1.weight') if where else None
+    if conv1 is not None and kind == 'LESA_classification':
+        stage = int(re.findall(r'layer(\d+)', where[0])[0])
+        wide = conv1.shape[0] == 2 * 64 * 2 ** (stage - 1)
+        notes.append('WRN-50-2 widths: configs/lesa/lesa-wrn50_*' if wide
+                     else 'ResNet-50 widths: configs/lesa/lesa-resnet50_*')
+    return notes
+
+
 def convert_checkpoint(state_dict: Dict) -> Tuple['OrderedDict', str, str]:
     """Convert any supported upstream model; returns (state dict, task, kind).
 
-    ``task`` is ``'mmseg'`` (kind: the head), ``'mmdet'`` (kind: the plugin) or
-    ``'mmaction'`` (kind: ``'NonLocal3d'``).
+    ``task`` is ``'mmseg'`` (kind: the head), ``'mmdet'`` (kind: the plugin),
+    ``'mmaction'`` (kind: ``'NonLocal3d'``) or ``'lesa'`` (kind: ``'LESA_classification'``
+    / ``'LESA_detection'``).
     """
+    if is_lesa(state_dict):
+        converted, kind = convert_lesa(state_dict)
+        return converted, 'lesa', kind
     if detect_det_kind(state_dict) is not None:
         converted, kind = convert_mmdet_detector(state_dict)
         return converted, 'mmdet', kind

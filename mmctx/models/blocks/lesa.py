@@ -435,6 +435,21 @@ class LESABlock(ContextBlockBase):
         out, terms = self._forward(x, explicit=True)
         return out, {k: v for k, v in terms.items() if v is not None}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Loads 2-D relative tables made for another size (cropped / interpolated to
+        this block's ``pe_size`` as in :func:`offset_table`, e.g. an ImageNet or 1024²
+        checkpoint into a model for other sizes) and ignores the official code's
+        ``flatten_index`` buffer (recomputed here)."""
+        for name in ('rel_height', 'rel_width'):
+            key, own = prefix + name, getattr(self, name, None)
+            table = state_dict.get(key)
+            if own is not None and table is not None and table.dim() == 2 \
+                    and table.shape[1] == own.shape[1] and table.shape[0] != own.shape[0] \
+                    and table.shape[0] % 2 == 1:
+                state_dict[key] = offset_table(table, (own.shape[0] + 1) // 2)
+        state_dict.pop(prefix + 'flatten_index', None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, num_heads={self.num_heads}, '
                 f'pe_type={self.pe_type!r}, pe_size={self.pe_size}, stride={self.stride}, '
