@@ -159,9 +159,12 @@ def test_efficient_equals_explicit(pe_type, train, size):
     block.train(train)
     twin = copy.deepcopy(block)
     x = torch.randn(2, 16, *size, dtype=torch.double, requires_grad=True)
-    fast, (slow, terms) = block(x), twin.forward_with_attention(x)
+    fast, (slow, maps) = block(x), twin.forward_with_attention(x)
     torch.testing.assert_close(fast, slow)
-    assert terms['attention'].shape == (2, 2, size[0] * size[1], size[0] * size[1])
+    length = size[0] * size[1]
+    assert set(maps) == {'pairwise'} and maps['pairwise'].shape == (2, length, length)
+    torch.testing.assert_close(maps['pairwise'].sum(-1), torch.ones(2, length,
+                                                                     dtype=torch.double))
     names = ['x'] + [n for n, _ in block.named_parameters()]
     for name, a, b in zip(names, grads(block, x, fast), grads(twin, x, slow)):
         if name == 'bn_similarity.bias':  # cancels in the softmax
@@ -229,7 +232,9 @@ def test_switches_unary_only_binary_only_and_fixed_sum():
         assert not missing
     assert not hasattr(conv, 'qkv_transform') and not hasattr(sa, 'x_transform')
     assert not hasattr(add, 'reasoning') and not hasattr(sa, 'reasoning')
-    _, terms = full.forward_with_attention(x)
+    terms = full.terms(x)
+    assert terms['attention'].shape == (2, 2, 30, 30)
+    torch.testing.assert_close(terms['output'], full(x))
     torch.testing.assert_close(conv(x), terms['unary'])
     torch.testing.assert_close(sa(x), terms['binary'])
     torch.testing.assert_close(add(x), terms['unary'] + terms['binary'])
@@ -599,3 +604,29 @@ def test_convert_refuses_non_lesa_for_backbone_only(tmp_path):
                            str(tmp_path / 'x.pth'), str(tmp_path / 'y.pth'),
                            '--backbone-only'], capture_output=True, text=True)
     assert proc.returncode == 1 and '--backbone-only is for official LESA' in proc.stderr
+
+
+# --- the analysis tools on LESA ------------------------------------------------------
+
+def test_term_shares_and_query_independence_of_lesa():
+    """Term shares: unary U vs gated binary g⊙B, by a hand computation from the terms;
+    query independence reads the head-averaged attention."""
+    from mmctx.analysis import query_independence, term_shares
+    torch.manual_seed(10)
+    block = randomized(LESABlock(16, num_heads=2, pe_size=6))
+    model = torch.nn.Sequential(block).eval()  # the tools restore the model's own mode
+    x = [torch.randn(1, 16, 6, 5) for _ in range(2)]
+    (row, ) = term_shares(model, x)
+    assert row['terms'] == ['unary', 'binary']
+    norms = {'unary': [], 'binary': []}
+    for xi in x:
+        t = block.terms(xi)
+        norms['unary'].append(t['unary'][0].flatten(1).norm(dim=0).mean())
+        norms['binary'].append((t['gate'] * t['binary'])[0].flatten(1).norm(dim=0).mean())
+    means = {k: float(torch.stack(v).double().mean()) for k, v in norms.items()}
+    assert row['shares']['unary'] == pytest.approx(means['unary'] / sum(means.values()),
+                                                   rel=1e-5)
+    assert sum(row['shares'].values()) == pytest.approx(1.0)
+    (qi, ) = query_independence(model, x, num_queries=8)
+    assert qi['type'].startswith('LESABlock') and qi['cosine_distance'] > 0
+    assert qi['residual'] is None and not qi['near_identity']  # not a residual block

@@ -42,6 +42,7 @@ MODELS = {
     'dnl-unary': ('DNL unary term only', 'UnaryNonLocalBlock'),
     'snl': ('Simplified NL', 'SimplifiedNonLocalBlock'),
     'gcnet': ('Global Context (r4)', 'GlobalContextBlock'),
+    'lesa': ('LESA (unary conv + binary self-attention + gate)', 'LESABlock'),
 }
 VARIANTS = ('global', 'paired')
 #: what each variant needs, for the report

@@ -397,7 +397,9 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
             if 'terms' in rec:
                 out = sum(rec['terms'].values())[0].flatten(1).T
                 stats['feature_cosine_distance'] = mean_cosine_distance(out[pick])
-            if 'output' in rec:
+            if 'output' in rec and getattr(block, 'residual', True) \
+                    and rec['output'].shape == rec['input'].shape:
+                # residual blocks only (LESA replaces a conv)
                 stats['residual'] = float((rec['output'] - rec['input']).norm()
                                           / rec['input'].norm().clamp_min(1e-12))
             for key, value in stats.items():

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..models.blocks._base import upcast
 from ..models.blocks.global_context import GlobalContextBlock
+from ..models.blocks.lesa import LESABlock
 from ..models.blocks.non_local import PairwiseContextBlock, unflatten
 
 Contributions = Dict[str, torch.Tensor]
@@ -111,3 +112,19 @@ def _global_context_terms(block: GlobalContextBlock, x: torch.Tensor) -> Contrib
     else:
         c = torch.sigmoid(block.channel_mul_conv(context))
     return {'unary': c.expand_as(x)}
+
+
+@register_term_contributions(LESABlock)
+def _lesa_terms(block: LESABlock, x: torch.Tensor) -> Contributions:
+    """LESA's output is ``pool(U + g ⊙ B)``: the unary term ``U`` and the gated binary
+    term ``g ⊙ B`` (``B`` with ``fusion='sum'``), each average-pooled as the output."""
+    terms = block.terms(x)
+    out = {}
+    if 'unary' in terms:
+        out['unary'] = terms['unary']
+    if 'binary' in terms:
+        out['binary'] = terms['binary'] * terms['gate'] if 'gate' in terms \
+            else terms['binary']
+    if block.pooling is not None:
+        out = {k: block.pooling(v) for k, v in out.items()}
+    return out

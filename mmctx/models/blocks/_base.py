@@ -66,6 +66,8 @@ class ContextBlockBase(nn.Module):
 
     #: name of the block when mmcv's ``build_plugin_layer`` inserts it
     _abbr_ = 'context_block'
+    #: whether the output is the input plus (or times) what the block adds
+    residual = True
 
     def __init__(self, in_channels: int, dim: int = 2) -> None:
         super().__init__()

@@ -190,6 +190,7 @@ class LESABlock(ContextBlockBase):
     """
 
     _abbr_ = 'lesa_block'
+    residual = False  # it replaces a conv: its output is not its input plus something
 
     def __init__(self, in_channels: int, out_channels: Optional[int] = None, dim: int = 2,
                  num_heads: int = 8, pe_type: Optional[str] = 'detection_qr',
@@ -430,10 +431,18 @@ class LESABlock(ContextBlockBase):
         return self._forward(x, explicit=False)[0]
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict]:
-        """Explicit path: the output and ``{'attention': (N, heads, L, L) or None,
-        'unary', 'binary' (N, C, H, W) or None, 'gate' (N, C, H, W) or None}``."""
+        """Explicit path: the output and the maps in the analysis tools' vocabulary,
+        ``{'pairwise': (N, L, L)}`` — the attention averaged over the heads (empty for
+        the conv-only arm). Per-head maps and the terms: :meth:`terms`."""
         out, terms = self._forward(x, explicit=True)
-        return out, {k: v for k, v in terms.items() if v is not None}
+        attn = terms['attention']
+        return out, ({} if attn is None else {'pairwise': attn.mean(1)})
+
+    def terms(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Explicit path: ``{'output', 'attention' (N, heads, L, L), 'unary', 'binary',
+        'gate' (N, C, H, W)}`` — the terms this block has (before pooling)."""
+        out, terms = self._forward(x, explicit=True)
+        return dict({k: v for k, v in terms.items() if v is not None}, output=out)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Loads 2-D relative tables made for another size (cropped / interpolated to
