@@ -644,7 +644,8 @@ def test_lesa_mask_rcnn_trains_on_tiny_coco_with_tiny_run(tmp_path):
     work_dir = str(tmp_path / 'wd')
     python('tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
            f'tiny_run.data_root={root}', 'tiny_run.batch_size=1',
-           'model.test_cfg.rpn.max_per_img=32', 'model.test_cfg.rcnn.max_per_img=10')
+           'model.test_cfg.rpn.max_per_img=32', 'model.test_cfg.rcnn.max_per_img=10',
+           'model.test_cfg.rcnn.score_thr=0.0')
     records = scalars(work_dir)
     losses = [r for r in records if 'loss' in r]
     assert len(losses) == 2 and all(math.isfinite(r['loss']) for r in losses)
