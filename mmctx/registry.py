@@ -83,10 +83,9 @@ def unknown_type_message(key: str, registry: Registry) -> str:
         return (f'{key!r} (asked for while building in the mmctx scope) is not in the '
                 f'{scope} {registry.name} registry{hint}')
     lines = [f"mmctx has no {registry.name} named {real!r} (type={key!r})"]
-    hits = close_matches(real, _names(registry))
-    if hits:
-        lines.append('did you mean ' + ' or '.join(f"type='{SCOPE}.{h}'" for h in hits)
-                     + '?')
+    hint = mmctx_suggestion(real, registry)
+    if hint:
+        lines.append(f'did you mean {hint}?')
     if scope is None:
         # maybe an upstream name used inside an mmctx module: say which scope has it
         root = registry._get_root_registry()

@@ -204,15 +204,20 @@ def is_lesa(state_dict: Dict) -> bool:
     return any(LESA_KEY.match(k) for k in state_dict)
 
 
+def _without_data_parallel_prefix(state_dict: Dict) -> 'OrderedDict':
+    """Keys without ``module.`` when every key has it (a DataParallel checkpoint)."""
+    strip = all(k.startswith('module.') for k in state_dict)
+    return OrderedDict((k[len('module.'):] if strip else k, v) for k, v in state_dict.items())
+
+
 def convert_lesa(state_dict: Dict, backbone_only: bool = False) -> Tuple['OrderedDict', str]:
     """An official LESA checkpoint → mmctx; returns (state dict, kind).
 
     kind ``'LESA_classification'`` (mmpretrain ``ImageClassifier``, or the backbone
     alone with ``backbone_only``) or ``'LESA_detection'`` (mmdet Mask R-CNN).
     """
-    strip = all(k.startswith('module.') for k in state_dict)
-    sd = OrderedDict((k[len('module.'):] if strip else k, v) for k, v in state_dict.items())
-    sd = OrderedDict((k, v) for k, v in sd.items() if not k.endswith('.flatten_index'))
+    sd = OrderedDict((k, v) for k, v in _without_data_parallel_prefix(state_dict).items()
+                     if not k.endswith('.flatten_index'))
     if any(k.startswith('backbone.') for k in sd):  # an mmdet detector
         if not any(k.startswith(('rpn_head.', 'roi_head.')) for k in sd):
             raise ConversionError('a LESA backbone with no rpn_head / roi_head keys: not an '
@@ -267,7 +272,7 @@ def to_2d_tables(state_dict: Dict) -> 'OrderedDict':
 
 def describe_lesa(kind: str, state_dict: Dict) -> List[str]:
     """What the keys say: LESA blocks, the relative-position form and sizes, width."""
-    sd = {k.split('module.', 1)[-1]: v for k, v in state_dict.items()}
+    sd = _without_data_parallel_prefix(state_dict)
     where = sorted({k.rsplit('.conv2.', 1)[0] for k in sd if LESA_KEY.match(k)},
                    key=lambda p: [int(t) for t in re.findall(r'\d+', p)])
     notes = [f'{len(where)} LESA blocks: ' + ', '.join(p.replace('backbone.', '') for p in where)]

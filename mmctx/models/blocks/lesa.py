@@ -122,14 +122,18 @@ def axis_logits(q: torch.Tensor, table: torch.Tensor, axis: int) -> torch.Tensor
     return per_offset.gather(-1, index)
 
 
+def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``bn`` normalises with the batch's statistics (as ``nn.BatchNorm2d``)."""
+    return bn.training or not bn.track_running_stats
+
+
 def bn_logit_scale(bn: nn.BatchNorm2d, mean: Optional[torch.Tensor],
                    sq_mean: Optional[torch.Tensor], count: int) -> torch.Tensor:
     """The per-channel scale that ``bn`` applies to logits (its shift cancels in a
     softmax), from the batch ``mean`` / ``sq_mean`` (second moment) over ``count``
     values in training, or the running statistics in eval. In training the running
     statistics are updated exactly as ``nn.BatchNorm2d`` updates them."""
-    batch_stats = bn.training or not bn.track_running_stats
-    if batch_stats:
+    if uses_batch_stats(bn):
         var = (sq_mean - mean * mean).clamp_min(0)
         if bn.training and bn.track_running_stats:
             with torch.no_grad():
@@ -363,7 +367,7 @@ class LESABlock(ContextBlockBase):
         with no_autocast(x):
             q, k, v = upcast(q), upcast(k), upcast(v)
             bn, pairs = self.bn_similarity, n * length * length
-            stats = bn.training or not bn.track_running_stats
+            stats = uses_batch_stats(bn)
             mean = sq = None
             if stats:
                 mean, sq = pair_moments(q, k)
