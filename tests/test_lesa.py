@@ -401,6 +401,70 @@ def test_lesa_detection_configs(path):
     assert torch.isfinite(cls_score).all() and mask_pred.shape[1:] == (80, 28, 28)
 
 
+def test_lesa_htc_wrn50_config():
+    """HTC LESA-WRN-50 + DCN at the official 1280²: WRN-50-2 widths with ResNet keys,
+    LESA tables for 80×80 / 40×40, the semantic branch; a loss step with a semantic map
+    and a prediction at another small non-square size (tables cropped)."""
+    from mmdet.structures import DetDataSample
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData, PixelData
+
+    from .test_det import build_detector, data_sample, small_test_cfg
+    path = osp.join(ROOT, 'configs', 'lesa',
+                    'htc_lesa-wrn50-dconv-c3-c5_fpn_4xb1-20e_coco-1280x1280.py')
+    cfg = Config.fromfile(path)
+    assert cfg.model.type == 'HybridTaskCascade' and cfg.model.roi_head.semantic_head
+    resize = cfg.train_dataloader.dataset.pipeline[2]
+    assert resize.scale == (1280, 1280) and not resize.keep_ratio
+    assert cfg.train_dataloader.dataset.data_prefix.seg == 'stuffthingmaps/train2017/'
+    assert cfg.optim_wrapper.optimizer.lr == 0.005 and cfg.train_cfg.max_epochs == 20
+    assert cfg.auto_scale_lr.base_batch_size == 4
+    torch.manual_seed(0)
+    model = build_detector(cfg, small_test_cfg(score_thr=0.))
+    bb = model.backbone
+    # WRN-50-2: inner widths 128..1024, outputs 256..2048, ResNet-50 keys
+    layers = [getattr(bb, n) for n in bb.res_layers]
+    assert [layer[0].conv1.out_channels for layer in layers] == [128, 256, 512, 1024]
+    assert [layer[0].conv3.out_channels for layer in layers] == [256, 512, 1024, 2048]
+    assert [len(layer) for layer in layers] == [3, 4, 6, 3]
+    blocks = bb.lesa_blocks()
+    assert len(blocks) == 5 + 3 and all(b.with_cp and b.dcn for _, b in blocks)
+    assert [b.pe_size for _, b in blocks] == [(80, 80)] * 6 + [(40, 40)] * 2
+    assert blocks[0][1].in_channels == 512 and blocks[-1][1].in_channels == 1024
+    # one training loss step with boxes, masks and a semantic map (96×128 input)
+    h, w = 96, 128
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         pad_shape=(h, w), batch_input_shape=(h, w),
+                                         scale_factor=(1., 1.)))
+    from mmdet.structures.mask import BitmapMasks
+    masks = torch.zeros(1, h, w, dtype=torch.uint8)
+    masks[0, 8:40, 16:60] = 1
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[16., 8., 60., 40.]]),
+                                       labels=torch.tensor([3]),
+                                       masks=BitmapMasks(masks.numpy(), h, w))
+    sample.gt_sem_seg = PixelData(sem_seg=torch.randint(0, 183, (1, h, w)))
+    model.train()
+    losses = model(torch.randn(1, 3, h, w), [sample], mode='loss')
+    assert 'loss_semantic_seg' in losses
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in
+                losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    assert blocks[0][1].qkv_transform.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        (result, ) = model(torch.randn(1, 3, 128, 96), [data_sample(128, 96)], mode='predict')
+    assert result.pred_instances.bboxes.shape[1] == 4
+    assert torch.isfinite(result.pred_instances.scores).all()
+
+
+def test_lesa_resnet_expansion_needs_a_bottleneck_resnet():
+    with pytest.raises(ValueError, match='expansion needs a Bottleneck ResNet'):
+        _resnet('LESAResNet', depth=18, expansion=2)
+    with pytest.raises(TypeError, match='expansion must be an int'):
+        _resnet('LESAResNet', expansion=2.0)
+
+
 # --- mmpretrain: the ImageNet LESA-ResNet-50 / WRN-50 configs ------------------------
 
 LESA_CLS_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'lesa', '*_in1k.py')))

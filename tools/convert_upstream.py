@@ -9,8 +9,8 @@ for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), 
 configs/gcnet/ file of the same name; for mmaction2's I3D / SlowOnly NL recognizers
 (mmcv NonLocal3d blocks), the configs/nonlocal/ file of the same name; for the official
 LESA checkpoints (Chenglin-Yang/LESA_classification {'net': ...} ImageNet ResNets,
-LESA_detection Mask R-CNN), configs/lesa/lesa-{resnet50,wrn50}_*_in1k.py and
-configs/lesa/mask-rcnn_lesa-*.py. --backbone-only writes the backbone alone (for
+LESA_detection Mask R-CNN / HTC), configs/lesa/lesa-{resnet50,wrn50}_*_in1k.py,
+configs/lesa/mask-rcnn_lesa-*.py and configs/lesa/htc_lesa-*.py. --backbone-only writes the backbone alone (for
 init_cfg=dict(type='Pretrained', checkpoint=DST) of a LESA backbone, e.g. ImageNet ->
 COCO as in the paper; the classification-form embeddings are left out).
 The checkpoint is read with torch's safe loader (weights_only=True); pass

@@ -7,8 +7,10 @@
 # mmctx's LESA takes any input size (the relative tables, made for a 1024x1024 input,
 # are cropped or interpolated per image); the official fixed-size recipe is
 # mask-rcnn_lesa-r50-dconv-c3-c5_fpn_8xb1-20e_coco-1024x1024.py.
-# The paper starts from an ImageNet-trained LESA-ResNet-50; converting that checkpoint
-# is not available yet, so the backbone starts from its own init (init_cfg=None).
+# The paper starts from an ImageNet-trained LESA-ResNet-50: convert one with
+# tools/convert_upstream.py --backbone-only and set
+# model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...); by default the
+# backbone starts from its own init (init_cfg=None).
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/datasets/coco_instance.py',

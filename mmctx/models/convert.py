@@ -25,8 +25,8 @@ its LESA module is ``conv2`` of the Bottlenecks with mmctx's parameter names
   ``backbone_only``, a backbone checkpoint for ``init_cfg=dict(type='Pretrained')`` of
   the detection / segmentation LESA backbones (without the head, the blocks in the 2-D
   table form: :func:`to_2d_tables`);
-* an mmdet 2.x Mask R-CNN checkpoint keeps its keys (mmdet 3.3's Mask R-CNN uses the
-  same names); the official ``flatten_index`` buffers are dropped (recomputed), and 2-D
+* an mmdet 2.x Mask R-CNN or HTC checkpoint keeps its keys (mmdet 3.3's Mask R-CNN and
+  HTC use the same names; the official WRN-50-2 has a ResNet's keys); the official ``flatten_index`` buffers are dropped (recomputed), and 2-D
   tables of another size are adapted when loading (``LESABlock`` crops / interpolates).
 """
 import re
@@ -214,14 +214,14 @@ def convert_lesa(state_dict: Dict, backbone_only: bool = False) -> Tuple['Ordere
     """An official LESA checkpoint → mmctx; returns (state dict, kind).
 
     kind ``'LESA_classification'`` (mmpretrain ``ImageClassifier``, or the backbone
-    alone with ``backbone_only``) or ``'LESA_detection'`` (mmdet Mask R-CNN).
+    alone with ``backbone_only``) or ``'LESA_detection'`` (mmdet Mask R-CNN / HTC).
     """
     sd = OrderedDict((k, v) for k, v in _without_data_parallel_prefix(state_dict).items()
                      if not k.endswith('.flatten_index'))
     if any(k.startswith('backbone.') for k in sd):  # an mmdet detector
         if not any(k.startswith(('rpn_head.', 'roi_head.')) for k in sd):
             raise ConversionError('a LESA backbone with no rpn_head / roi_head keys: not an '
-                                  'official LESA_detection Mask R-CNN checkpoint')
+                                  'official LESA_detection Mask R-CNN / HTC checkpoint')
         if backbone_only:
             sd = OrderedDict((k[len('backbone.'):], v) for k, v in sd.items()
                              if k.startswith('backbone.'))
@@ -290,11 +290,21 @@ def describe_lesa(kind: str, state_dict: Dict) -> List[str]:
     if first + 'x_transform.0.conv_offset.weight' in sd:
         notes.append('deformable unary 3x3 (dcn): use a config with dcn / stage_with_dcn')
     conv1 = sd.get(f'{where[0]}.conv1.weight') if where else None
-    if conv1 is not None and kind == 'LESA_classification':
+    if conv1 is not None:
         stage = int(re.findall(r'layer(\d+)', where[0])[0])
         wide = conv1.shape[0] == 2 * 64 * 2 ** (stage - 1)
-        notes.append('WRN-50-2 widths: configs/lesa/lesa-wrn50_*' if wide
-                     else 'ResNet-50 widths: configs/lesa/lesa-resnet50_*')
+        if kind == 'LESA_classification':
+            notes.append('WRN-50-2 widths: configs/lesa/lesa-wrn50_*' if wide
+                         else 'ResNet-50 widths: configs/lesa/lesa-resnet50_*')
+        else:
+            htc = any(k.startswith('roi_head.semantic_head.') for k in sd)
+            model = 'HTC' if htc else 'Mask R-CNN'
+            width = 'WRN-50-2' if wide else 'ResNet-50'
+            match = {(True, True): 'configs/lesa/htc_lesa-wrn50-*',
+                     (False, False): 'configs/lesa/mask-rcnn_lesa-r50-*'}.get(
+                         (htc, wide), 'no mmctx config has this pair: start from '
+                         'configs/lesa/ and set base_channels / expansion')
+            notes.append(f'{model} with {width} widths: {match}')
     return notes
 
 

@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from ...registry import MODELS
-from ..blocks._base import build_block
+from ..blocks._base import build_block, check_int
 
 
 def _flags(value: Any, name: str, num: int) -> Tuple[bool, ...]:
@@ -109,6 +109,7 @@ class LESAResNetMixin:
 
 
 if importlib.util.find_spec('mmdet') is not None:
+    from mmdet.models.backbones.resnet import Bottleneck as _MMDetBottleneck
     from mmdet.models.backbones.resnet import ResNet as _MMDetResNet
 
     @MODELS.register_module()
@@ -116,7 +117,30 @@ if importlib.util.find_spec('mmdet') is not None:
         """mmdet's ``ResNet`` with LESA blocks (the official LESA detection backbone:
         ``strides=(1, 2, 2, 2)``, LESA in stages 3–4, DCN unary terms with
         ``dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False),
-        stage_with_dcn=(False, True, True, True)``); see :class:`LESAResNetMixin`."""
+        stage_with_dcn=(False, True, True, True)``); see :class:`LESAResNetMixin`.
+
+        Args:
+            expansion: the Bottleneck's output / inner width ratio (mmdet's: 4). With
+                ``base_channels=128, expansion=2`` this is WRN-50-2, the official
+                ``wrn=True`` backbone of the LESA HTC model (inner widths 128..1024,
+                stage outputs 256..2048, the same state-dict keys as a ResNet); the
+                argument exists as in mmpretrain's ResNet, mmdet's has none.
+        """
+
+        def __init__(self, *args: Any, expansion: Optional[int] = None,
+                     **kwargs: Any) -> None:
+            if expansion is not None:
+                expansion = check_int('expansion', expansion)
+                depth = kwargs.get('depth', args[0] if args else None)
+                block, stages = _MMDetResNet.arch_settings.get(depth, (None, None))
+                if block is not _MMDetBottleneck:
+                    raise ValueError('LESAResNet: expansion needs a Bottleneck ResNet '
+                                     f'(depth 50, 101 or 152), got depth={depth!r}')
+                wide = type(f'Bottleneck{expansion}', (_MMDetBottleneck, ),
+                            dict(expansion=expansion, __module__=__name__))
+                # an instance attribute: mmdet's ResNet reads self.arch_settings[depth]
+                object.__setattr__(self, 'arch_settings', {depth: (wide, stages)})
+            super().__init__(*args, **kwargs)
 
 if importlib.util.find_spec('mmseg') is not None:
     from mmseg.models.backbones.resnet import ResNetV1c as _MMSegResNetV1c
