@@ -179,6 +179,54 @@ def test_efficient_equals_explicit(pe_type, train, size):
                                   torch.ones_like(block.bn_similarity.running_var))
 
 
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('chunk', [None, 7])  # one chunk / several, the last partial
+def test_efficient_equals_explicit_classification(train, chunk):
+    """The flattened-index form: BN scales from window moments, chunked queries."""
+    torch.manual_seed(2)
+    block = randomized(LESABlock(16, num_heads=2, pe_type='classification',
+                                 pe_size=(5, 6))).double()
+    block.train(train)
+    twin = copy.deepcopy(block)
+    n, length = 2, 30
+    if chunk is not None:  # 7 queries per chunk: 5 chunks, the last of 2
+        block.chunk_elements = n * 2 * length * chunk
+    x = torch.randn(n, 16, 5, 6, dtype=torch.double, requires_grad=True)
+    fast, (slow, _) = block(x), twin.forward_with_attention(x)
+    torch.testing.assert_close(fast, slow)
+    names = ['x'] + [name for name, _ in block.named_parameters()]
+    for name, a, b in zip(names, grads(block, x, fast), grads(twin, x, slow)):
+        if name == 'bn_similarity.bias':
+            assert a is None and (b is None or b.abs().max() < 1e-10)
+            continue
+        assert a is not None and b is not None, name
+        torch.testing.assert_close(a, b, msg=name)
+    for (name, a), (_, b) in zip(block.named_buffers(), twin.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize('pe_type', ['detection_qr', 'classification', None])
+def test_efficient_path_keeps_no_attention_map_for_backward(pe_type):
+    """What autograd saves on the memory-efficient path: nothing of L×L per head (the
+    explicit path saves several such maps)."""
+    from torch.autograd.graph import saved_tensors_hooks
+    torch.manual_seed(3)
+    block = LESABlock(16, num_heads=2, pe_type=pe_type, pe_size=(12, 10)).train()
+    block.chunk_elements = 2 * 2 * 120 * 16  # 16 queries per chunk
+    x = torch.randn(2, 16, 12, 10, requires_grad=True)
+    map_size = 2 * 2 * 120 * 120
+
+    def largest(fn):
+        sizes = [0]
+        with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            out = fn(x)
+        out.sum().backward()
+        return max(sizes)
+
+    assert largest(block) < map_size / 4
+    assert largest(lambda t: block.forward_with_attention(t)[0]) >= map_size
+
+
 def test_registry_default_any_size_and_every_parameter_learns():
     from mmctx.registry import MODELS
     block = MODELS.build(dict(type='mmctx.LESABlock', in_channels=64))

@@ -5,6 +5,9 @@ Compares, with the same weights and in one run:
 * mmctx ``NonLocalBlock``            vs mmcv ``NonLocal2d``            (embedded Gaussian)
 * mmctx ``DisentangledNonLocalBlock`` vs mmseg ``DisentangledNonLocal2d`` (mmseg recipe)
 * mmctx ``GlobalContextBlock``       vs mmcv ``ContextBlock``           (ratio 1/4)
+* mmctx ``LESABlock`` (memory-efficient) vs its explicit path (the official
+  computation): the 2-D relative form (``lesa``, batch 1) and the flattened-index
+  ImageNet form (``lesa-cls``, 14×14, batch 32 as the ImageNet recipe's per-GPU batch)
 
 for inference (``torch.inference_mode``) and forward+backward, over a sweep of
 feature sizes, C=512 (the segmentation heads' width), batch 1. Every measurement
@@ -32,12 +35,14 @@ import subprocess
 import sys
 import time
 
-PAIRS = ('nl', 'dnl', 'gc', 'lesa')
+PAIRS = ('nl', 'dnl', 'gc', 'lesa', 'lesa-cls')
 SIZES = ('32x64', '64x128', '96x192', '128x256')
 TRAIN_SIZES = ('32x64', '48x96', '64x128')
 #: LESA: ImageNet's 14×14 and stage 3 of a 1024² / 1333×800 detection input
 LESA_SIZES = ('14x14', '50x84', '64x64')
 LESA_CHANNELS = 256  # 8 heads
+#: LESA's classification form: ImageNet's stage-3 size, the recipe's 32 images per GPU
+LESA_CLS_SIZE, LESA_CLS_BATCH = (14, 14), 32
 
 
 class _Explicit:
@@ -55,7 +60,7 @@ class _Explicit:
 
 
 # ---------------------------------------------------------------- one worker
-def _build(pair: str, impl: str, channels: int):
+def _build(pair: str, impl: str, channels: int, size=None):
     import torch
 
     from mmctx.models.blocks import (DisentangledNonLocalBlock, GlobalContextBlock,
@@ -65,6 +70,10 @@ def _build(pair: str, impl: str, channels: int):
     if pair == 'lesa':  # memory-efficient vs explicit (the official computation)
         from mmctx.models.blocks import LESABlock
         block = LESABlock(channels, pe_size=(64, 64))
+        return block if impl == 'mmctx' else _Explicit(block)
+    if pair == 'lesa-cls':  # tied to one size: the tables are made for it
+        from mmctx.models.blocks import LESABlock
+        block = LESABlock(channels, pe_type='classification', pe_size=size)
         return block if impl == 'mmctx' else _Explicit(block)
     if pair == 'nl':
         from mmcv.cnn import NonLocal2d
@@ -104,9 +113,9 @@ def _reset_peak() -> bool:
 
 def worker(spec: dict) -> dict:
     import torch
-    model = _build(spec['pair'], spec['impl'], spec['channels'])
+    model = _build(spec['pair'], spec['impl'], spec['channels'], spec['size'])
     h, w = spec['size']
-    x = torch.randn(1, spec['channels'], h, w)
+    x = torch.randn(spec.get('batch', 1), spec['channels'], h, w)
     train = spec['mode'] == 'train'
     model.train(train)
 
@@ -194,7 +203,7 @@ def report(results, flops, args) -> str:
         f'{platform.processor() or platform.platform()}; torch {torch.__version__}, '
         f'{torch.get_num_threads()} intra-op threads',
         f'- command: `python tools/benchmark_blocks.py {" ".join(args.argv)}`'.rstrip(),
-        f'- C={args.channels} (LESA: C={LESA_CHANNELS}, 8 heads), batch 1, fp32; time = median of at least {args.repeats} calls '
+        f'- C={args.channels} (LESA: C={LESA_CHANNELS}, 8 heads), batch 1 (lesa-cls: {LESA_CLS_BATCH}), fp32; time = median of at least {args.repeats} calls '
         '(and at least 1 s of calls) after one warm-up call, or the single call when it '
         'takes > 5 s; peak = rise of the resident set during the first call',
         f'- sgemm 4096³: **{flops["sgemm_gflops"]:.0f} GFLOP/s**; attention core (SDPA, '
@@ -206,7 +215,9 @@ def report(results, flops, args) -> str:
         '|---|---|---|---|---|---|---|---|---|']
     names = dict(nl='NL vs mmcv NonLocal2d', dnl='DNL vs mmseg DisentangledNonLocal2d',
                  gc='GC vs mmcv ContextBlock',
-                 lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)')
+                 lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)',
+                 **{'lesa-cls': f'LESA classification form (C={LESA_CHANNELS}, batch '
+                                f'{LESA_CLS_BATCH}) vs its explicit path'})
     for pair in args.pairs:
         for mode in ('inference', 'train'):
             for size in sizes_for(pair, mode, args):
@@ -227,6 +238,8 @@ def report(results, flops, args) -> str:
 def sizes_for(pair: str, mode: str, args):
     if pair == 'lesa':
         return args.lesa_sizes
+    if pair == 'lesa-cls':
+        return [LESA_CLS_SIZE]
     return args.sizes if mode == 'inference' else args.train_sizes
 
 
@@ -292,7 +305,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
 
     specs = [dict(pair=p, impl=i, mode=m, size=s,
-                  channels=LESA_CHANNELS if p == 'lesa' else args.channels,
+                  channels=LESA_CHANNELS if p.startswith('lesa') else args.channels,
+                  batch=LESA_CLS_BATCH if p == 'lesa-cls' else 1,
                   repeats=args.repeats)
              for p in args.pairs for m in ('inference', 'train')
              for s in sizes_for(p, m, args)

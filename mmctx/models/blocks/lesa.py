@@ -51,10 +51,16 @@ computes the attention without keeping a map in forward or backward. The explici
 path (``forward_with_attention``, the official computation) returns the maps; the two
 agree (tested: outputs, gradients, running statistics).
 
+``pe_type='classification'``: its flattened-index terms ``q_i·r^q_{i−j}``,
+``k_j·r^k_{j−i}`` and ``Σ_j a_ij r^v_{i−j}`` have no low-rank form, so the attention
+runs over chunks of queries (at most ``chunk_elements`` logits at a time), each chunk
+recomputed in backward (``torch.utils.checkpoint``). The BN scales come from moments
+that need no map either: for query ``i`` the ``L`` offsets ``i − j`` are a window of
+the table, so ``Σ_j q_i·r_{i−j}`` and ``Σ_j (q_i·r_{i−j})²`` are ``q_i·S_i`` and
+``q_iᵀ M_i q_i`` with window sums ``S_i`` / ``M_i`` (of the columns / their outer
+products) from cumulative sums.
+
 Note:
-    * ``pe_type='classification'`` runs the explicit computation in ``forward`` too:
-      its flattened-index terms have no low-rank form (at ImageNet's 14×14 the map is
-      196² per head). A chunked memory-efficient path for it is not implemented yet.
     * The BN shift (``bias``) of ``bn_similarity`` cancels in the softmax: it gets no
       gradient on the memory-efficient path (exactly zero on the explicit one).
     * Comparison arms of the paper, trainable from configs (not in the official code):
@@ -356,11 +362,92 @@ class LESABlock(ContextBlockBase):
                 out = self.bn_output(sv.permute(0, 1, 3, 2).reshape(n, -1, length))
         return out.view(n, -1, h, w).to(x.dtype), attn
 
+    # --- binary term: memory-efficient, the flattened-index (classification) form -----
+    def _window_moments(self, table: torch.Tensor, z: torch.Tensor):
+        """Sums over ``j`` of ``z_i · table[:, i + L − 1 − j]`` and of its square, for
+        the classification terms (``q_i·r^q_{i−j}``; ``k_j·r^k_{j−i}`` with the roles of
+        ``i`` and ``j`` swapped): for each position the ``L`` offsets form a window
+        ``t = i .. i + L − 1`` of the ``(d, 2L − 1)`` table, so the sums are ``z_i ·
+        S_i`` and ``z_iᵀ M_i z_i`` with the window sums ``S_i`` (of the columns) and
+        ``M_i`` (of their outer products), from cumulative sums: no ``L×L`` map.
+        ``z (N, g, L, d)`` → two ``(g, )`` tensors (sums over the batch and positions)."""
+        length = z.shape[2]
+        t = table.double().t()  # (2L-1, d)
+        zero = t.new_zeros(1, t.shape[1])
+        csum = torch.cat([zero, t.cumsum(0)])  # (2L, d)
+        window = csum[length:length + length] - csum[:length]  # S_i = Σ_{t=i}^{i+L-1}
+        outer = (t.unsqueeze(-1) * t.unsqueeze(-2)).flatten(1)  # (2L-1, d²)
+        osum = torch.cat([outer.new_zeros(1, outer.shape[1]), outer.cumsum(0)])
+        moment = (osum[length:] - osum[:length]).view(length, *t.shape[1:], t.shape[1])
+        zd = z.double()
+        first = (zd * window).sum(-1).sum((0, 2))
+        second = torch.einsum('ngid,ide,ngie->g', zd, moment, zd)
+        return first, second
+
+    def _classification_chunk(self, q, k, v, scale, start: int, stop: int):
+        """Attention outputs ``Σ_j a_ij v_j`` and ``Σ_j a_ij r^v_{i−j}`` for queries
+        ``start..stop−1`` (``(N, g, c, dv)`` each); the ``c×L`` logits live only here."""
+        length, g = k.shape[2], self.num_heads
+        dq, dv = self.qk_channels, self.v_channels
+        rows = torch.arange(start, stop, device=q.device)
+        cols = torch.arange(length, device=q.device)
+        rel = self.relative.to(q.dtype)
+        qi = q[:, :, start:stop]
+        e_q = rel[:dq][:, rows.view(-1, 1) - cols.view(1, -1) + length - 1]  # (d, c, L)
+        e_k = rel[dq:2 * dq][:, cols.view(1, -1) - rows.view(-1, 1) + length - 1]
+        e_v = rel[2 * dq:][:, rows.view(-1, 1) - cols.view(1, -1) + length - 1]
+        s_qk, s_q, s_k = (scale[i * g:(i + 1) * g].view(1, g, 1, 1) for i in range(3))
+        logits = (qi * s_qk) @ k.transpose(-1, -2)
+        logits = logits + torch.einsum('ngid,dij->ngij', qi * s_q, e_q)
+        logits = logits + torch.einsum('ngjd,dij->ngij', k * s_k, e_k)
+        attn = logits.softmax(-1)
+        return attn @ v, torch.einsum('ngij,dij->ngid', attn, e_v)
+
+    #: one chunk's logits hold at most this many elements (N·heads·queries·L)
+    chunk_elements = 1 << 21
+
+    def binary_efficient_classification(self, x: torch.Tensor) -> torch.Tensor:
+        """``B`` for ``pe_type='classification'`` without a ``(HW)²`` map: the BN
+        scales of the three logit terms from moments (:meth:`_window_moments`,
+        :func:`pair_moments`), then the attention over chunks of queries, each
+        recomputed in backward (``torch.utils.checkpoint``), so at most one chunk's
+        ``c×L`` maps exist at a time."""
+        n, _, h, w = x.shape
+        g, length = self.num_heads, h * w
+        dq = self.qk_channels
+        q, k, v = self.qkv(x)
+        with no_autocast(x):
+            q, k, v = upcast(q), upcast(k), upcast(v)
+            bn, pairs = self.bn_similarity, n * length * length
+            mean = sq = None
+            if uses_batch_stats(bn):
+                m_qk, s_qk = pair_moments(q, k)
+                m_q, s_q = self._window_moments(self.relative[:dq], q)
+                m_k, s_k = self._window_moments(self.relative[dq:2 * dq], k)
+                mean = torch.cat([m_qk, m_q / pairs, m_k / pairs])
+                sq = torch.cat([s_qk, s_q / pairs, s_k / pairs])
+            scale = bn_logit_scale(bn, mean, sq, pairs).to(q.dtype)
+            chunk = max(1, self.chunk_elements // max(1, n * g * length))
+            grad = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (q, k, v, scale, self.relative))
+            parts = []
+            for start in range(0, length, chunk):
+                args = (q, k, v, scale, start, min(start + chunk, length))
+                parts.append(cp.checkpoint(self._classification_chunk, *args,
+                                           use_reentrant=False) if grad
+                             else self._classification_chunk(*args))
+            sv = torch.cat([p[0] for p in parts], dim=2)  # (N, g, L, dv)
+            sve = torch.cat([p[1] for p in parts], dim=2)
+            both = torch.stack([sv, sve], dim=-1)  # (sv_c, sve_c) per channel
+            both = both.permute(0, 1, 3, 4, 2).reshape(n, 2 * self.out_channels, length)
+            out = self.bn_output(both).view(n, self.out_channels, 2, length).sum(2)
+        return out.view(n, -1, h, w).to(x.dtype)
+
     # --- binary term: memory-efficient --------------------------------------------
     def binary_efficient(self, x: torch.Tensor) -> torch.Tensor:
         """``B (N, C, H, W)`` through one fused attention call; no ``L×L`` map."""
         if self.pe_type == 'classification':
-            return self.binary_explicit(x)[0]
+            return self.binary_efficient_classification(x)
         n, _, h, w = x.shape
         g, length = self.num_heads, h * w
         q, k, v = self.qkv(x)
