@@ -744,6 +744,66 @@ def test_term_shares_and_query_independence_of_lesa():
     assert qi['residual'] is None and not qi['near_identity']  # not a residual block
 
 
+def test_term_shares_report_lesa_gate_statistics(tmp_path):
+    from mmctx.analysis import term_shares, write_term_shares
+    torch.manual_seed(11)
+    block = randomized(LESABlock(16, num_heads=2, pe_size=6))
+    model = torch.nn.Sequential(block).eval()
+    x = [torch.randn(1, 16, 6, 5) for _ in range(2)]
+    (row, ) = term_shares(model, x)
+    gate = torch.cat([block.terms(xi)['gate'].flatten() for xi in x]).double()
+    assert row['gate']['mean'] == pytest.approx(float(gate.mean()), rel=1e-5)
+    assert row['gate']['std'] == pytest.approx(float(gate.std(unbiased=False)), rel=1e-5)
+    assert row['gate']['closed'] == pytest.approx(float((gate < 0.1).double().mean()))
+    assert row['gate']['open'] == pytest.approx(float((gate > 0.9).double().mean()))
+    own = torch.stack([torch.diagonal(block.terms(xi)['attention'][0], dim1=-2,
+                                      dim2=-1).mean() for xi in x]).double().mean()
+    assert row['own_attention']['mean'] == pytest.approx(float(own), rel=1e-5)
+    assert row['own_attention']['chance'] == pytest.approx(1 / 30)
+    md, _ = write_term_shares([row], str(tmp_path))
+    text = open(md).read()
+    assert 'LESA gates and own-position attention (ours)' in text
+    assert f'| 0 | {row["gate"]["mean"]:.4f} |' in text
+
+
+@pytest.mark.parametrize('pe_type', ['detection_qr', 'classification'])
+def test_self_attention_arm_splits_into_own_and_other_positions(pe_type):
+    """SA-only arm: B = s·(a_ii v_i) + s·(Σ_{j≠i} a_ij v_j) + BN shift, checked per
+    element by a hand computation from the per-head attention."""
+    from mmctx.analysis import term_contributions, term_shares
+    torch.manual_seed(12)
+    block = randomized(LESABlock(16, num_heads=2, pe_type=pe_type, pe_size=(4, 5),
+                                 unary=False)).eval()
+    x = torch.randn(2, 16, 4, 5)
+    parts = term_contributions(block, x)
+    assert list(parts) == ['own position', 'other positions']
+    bn = block.bn_output
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    if pe_type == 'classification':
+        shift = shift.view(-1, 2).sum(1)
+    with torch.no_grad():
+        out = block(x)
+        torch.testing.assert_close(parts['own position'] + parts['other positions']
+                                   + shift.view(1, -1, 1, 1), out, rtol=1e-4, atol=1e-5)
+        attn = block.terms(x)['attention']  # (N, g, L, L)
+        _, _, v = block.qkv(x)
+    d, dv = block.qk_channels, block.v_channels
+    for n, head, c, i in [(0, 0, 1, 3), (1, 1, 6, 17)]:
+        ch = head * dv + c
+        a_ii = attn[n, head, i, i]
+        if pe_type == 'classification':  # both channels: a_ii v_i and a_ii r^v_0
+            r0 = block.relative[2 * d + c, 20 - 1]
+            expected = a_ii * (scale[2 * ch] * v[n, head, i, c] + scale[2 * ch + 1] * r0)
+        else:
+            expected = scale[ch] * a_ii * v[n, head, i, c]
+        got = parts['own position'][n, ch].flatten()[i]
+        assert float(got) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    (row, ) = term_shares(torch.nn.Sequential(block), [x[:1]])
+    assert row['terms'] == ['own position', 'other positions'] and 'gate' not in row
+    assert 0 < row['shares']['own position'] < 1
+
+
 def test_lesa_mask_rcnn_trains_on_tiny_coco_with_tiny_run(tmp_path):
     """The official fixed-size LESA Mask R-CNN recipe, shrunk by tiny_run (1024² → 128²:
     the 2-D tables are cropped), 1 epoch of 2 iterations + CocoMetric via tools/train.py."""

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .terms import find_term_function, term_contributions
+from .terms import block_statistics, find_term_function, term_contributions
 
 ImageLike = Union[str, np.ndarray]
 #: entries of a ``collect_attention`` record that are not attention terms
-NON_TERM_KEYS = ('shape', 'key_shape', 'input', 'output')
+NON_TERM_KEYS = ('shape', 'key_shape', 'input', 'output', 'statistics')
 #: refuse explicit maps larger than this many elements per block (fp32: 4 bytes each)
 MAX_MAP_ELEMENTS = 1 << 28
 
@@ -190,6 +190,10 @@ def collect_attention(model: nn.Module, inputs, data_samples=None,
                 if find_term_function(module) is not None:
                     rec['terms'] = {t: c.detach().float().cpu()
                                     for t, c in term_contributions(module, x).items()}
+                stats = block_statistics(module, x)
+                if stats:
+                    rec['statistics'] = {k: t.detach().float().cpu()
+                                         for k, t in stats.items()}
             records[name] = rec
         return hook
 
@@ -436,26 +440,46 @@ def term_shares(model: nn.Module, images, progress: bool = False) -> List[dict]:
     output conv + BN applied to the term), ``M_t = mean over images and positions of
     ‖c_t(i)‖₂`` and ``share_t = M_t / Σ_t' M_t'``. Shares sum to 1.
 
+    LESA (ours; the paper's percentages are not known): the terms are the unary ``U``
+    and the gated binary ``g ⊙ B``; for the self-attention-only arm they are the
+    query's own position and all other positions (``B_i`` split as ``s·a_ii v_i`` and
+    ``s·Σ_{j≠i} a_ij v_j``, :func:`mmctx.analysis.terms.lesa_own_position_split`). Each
+    LESA row also gets ``gate`` — statistics of the gate ``g`` over images, valid
+    positions and channels: ``mean``, ``std``, ``closed`` (share of entries < 0.1) and
+    ``open`` (> 0.9) — and ``own_attention``: the mean head-averaged attention ``a_ii``
+    of a query on its own position, beside its chance level ``1/L`` (uniform
+    attention), as ``mean`` and ``chance``.
+
     Returns:
         ``[dict(block, type, terms, shares={term: share}, mean_norms={term: M_t},
-        num_images)]`` (empty if no block has several terms).
+        num_images[, gate, own_attention])]`` (empty if no block has several terms).
     """
     images = _images_list(images)
     blocks = context_blocks(model)
     norms: Dict[str, Dict[str, List[float]]] = OrderedDict()
+    gates: Dict[str, List[torch.Tensor]] = OrderedDict()
+    own: Dict[str, List[Tuple[float, float]]] = OrderedDict()
     for index, img in enumerate(images):
         inputs, samples = _prepared(model, img)
         records = collect_attention(model, inputs, samples, with_features=True)
+        sample = samples[0] if samples else None
         for name, rec in records.items():
             terms = rec.get('terms', {})
             if len(terms) < 2:
                 continue
-            valid = _valid_positions(rec['shape'], inputs.shape[-2:],
-                                     samples[0] if samples else None)
-            for term, c in terms.items():
+            for term, c in terms.items():  # c's own grid (a strided block pools)
+                valid = _valid_positions(tuple(c.shape[2:]), inputs.shape[-2:], sample)
                 per_position = c[0].flatten(1).norm(dim=0)[valid]  # (L, )
                 norms.setdefault(name, OrderedDict()).setdefault(term, []).append(
                     float(per_position.double().mean()))
+            stats = rec.get('statistics', {})
+            valid = _valid_positions(rec['shape'], inputs.shape[-2:], sample)
+            if 'gate' in stats:
+                gates.setdefault(name, []).append(stats['gate'][0].flatten(1)[:, valid])
+            if 'own_attention' in stats:
+                own.setdefault(name, []).append(
+                    (float(stats['own_attention'][0][valid].double().mean()),
+                     1. / stats['own_attention'].shape[-1]))
         if progress:
             print(f'[term shares] image {index + 1}/{len(images)}', flush=True)
     rows = []
@@ -464,9 +488,18 @@ def term_shares(model: nn.Module, images, progress: bool = False) -> List[dict]:
         total = sum(means.values())
         shares = OrderedDict((t, m / total if total > 0 else float('nan'))
                              for t, m in means.items())
-        rows.append(dict(block=name, type=_block_type(blocks[name]), terms=list(means),
-                         shares=shares, mean_norms=means,
-                         num_images=len(next(iter(per_term.values())))))
+        row = dict(block=name, type=_block_type(blocks[name]), terms=list(means),
+                   shares=shares, mean_norms=means,
+                   num_images=len(next(iter(per_term.values()))))
+        if name in gates:
+            g = torch.cat([t.flatten() for t in gates[name]]).double()
+            row['gate'] = dict(mean=float(g.mean()), std=float(g.std(unbiased=False)),
+                               closed=float((g < 0.1).double().mean()),
+                               open=float((g > 0.9).double().mean()))
+        if name in own:
+            row['own_attention'] = dict(mean=float(np.mean([m for m, _ in own[name]])),
+                                        chance=float(np.mean([c for _, c in own[name]])))
+        rows.append(row)
     return rows
 
 
@@ -574,6 +607,21 @@ def write_term_shares(rows: List[dict], out_dir: str, title: str = '') -> Tuple[
                          + ' | '.join(_fmt(r['shares'].get(t)) for t in terms) + ' | '
                          + ' | '.join(_fmt(r['mean_norms'].get(t)) for t in terms)
                          + f' | {r["num_images"]} |')
+    gated = [r for r in rows if 'gate' in r or 'own_attention' in r]
+    if gated:
+        lines += ['', '## LESA gates and own-position attention (ours)', '',
+                  'gate g of the binary term (out = U + g ⊙ B) over images, positions and '
+                  'channels: mean, std, closed = share of entries < 0.1, open = share > '
+                  '0.9. own attention = mean head-averaged attention a_ii of a query on '
+                  'its own position; chance = 1/L (uniform attention). Definitions are '
+                  "mmctx's; the paper's numbers are not known.", '',
+                  '| block | gate mean | gate std | closed (<0.1) | open (>0.9) | '
+                  'own attention | chance (1/L) |', '|---|---|---|---|---|---|---|']
+        for r in gated:
+            g, o = r.get('gate', {}), r.get('own_attention', {})
+            lines.append(f'| {r["block"]} | ' + ' | '.join(
+                _fmt(g.get(k)) for k in ('mean', 'std', 'closed', 'open')) + ' | '
+                + ' | '.join(_fmt(o.get(k)) for k in ('mean', 'chance')) + ' |')
     with open(md, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plt = _plt()

@@ -114,17 +114,84 @@ def _global_context_terms(block: GlobalContextBlock, x: torch.Tensor) -> Contrib
     return {'unary': c.expand_as(x)}
 
 
+def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """The per-channel scale of an eval-mode BN (its affine map's slope)."""
+    if bn.training or not bn.track_running_stats:
+        raise ValueError('LESA own-position split: the output BN must use its running '
+                         'statistics (put the block in eval mode)')
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    return scale * bn.weight if bn.weight is not None else scale
+
+
+def lesa_own_position_split(block: LESABlock, x: torch.Tensor,
+                            attention: torch.Tensor) -> Contributions:
+    """The binary term ``B_i = BN(Σ_j a_ij v_j) (+ BN(Σ_j a_ij r^v_{i−j}))`` split
+    into what comes from the query's own position ``j = i`` and from all others.
+
+    ``B`` is affine in the aggregated values (eval-mode BN ``s·y + b``), so with
+    ``y = y_own + y_others`` (``y_own,i = a_ii v_i``, classification form also ``a_ii
+    r^v_0``) the parts are ``s·y_own`` and ``s·y_others``; the BN shift ``b`` belongs
+    to neither. ``attention (N, heads, L, L)`` is the block's explicit attention."""
+    n, _, h, w = x.shape
+    g, length = block.num_heads, h * w
+    _, _, v = block.qkv(x)  # (N, g, L, dv)
+    v = upcast(v)
+    attention = attention.to(v.dtype)
+    own = torch.diagonal(attention, dim1=-2, dim2=-1).unsqueeze(-1)  # (N, g, L, 1)
+    sv_own, sv_all = own * v, attention @ v
+
+    def channels(y):  # (N, g, L, dv) -> (N, C, L), head-major as the block's BN
+        return y.permute(0, 1, 3, 2).reshape(n, -1, length)
+
+    scale = _bn_scale(block.bn_output).to(v.dtype)
+    if block.pe_type == 'classification':
+        emb = block._classification_embeddings()[2].to(v.dtype)  # (dv, L, L): r^v_{i-j}
+        sve_all = torch.einsum('ngij,dij->ngid', attention, emb)
+        sve_own = own * torch.diagonal(emb, dim1=1, dim2=2).t()  # a_ii r^v_0
+        parts = {}
+        for name, a, b in (('own position', sv_own, sve_own),
+                           ('other positions', sv_all - sv_own, sve_all - sve_own)):
+            both = torch.stack([channels(a), channels(b)], dim=2)  # (N, C, 2, L)
+            both = both * scale.view(1, -1, 2, 1)
+            parts[name] = both.sum(2)
+    else:
+        parts = {'own position': channels(sv_own) * scale.view(1, -1, 1),
+                 'other positions': channels(sv_all - sv_own) * scale.view(1, -1, 1)}
+    return {k: p.view(n, -1, h, w).to(x.dtype) for k, p in parts.items()}
+
+
 @register_term_contributions(LESABlock)
 def _lesa_terms(block: LESABlock, x: torch.Tensor) -> Contributions:
     """LESA's output is ``pool(U + g ⊙ B)``: the unary term ``U`` and the gated binary
-    term ``g ⊙ B`` (``B`` with ``fusion='sum'``), each average-pooled as the output."""
+    term ``g ⊙ B`` (``B`` with ``fusion='sum'``), each average-pooled as the output.
+    For the self-attention-only arm (``unary=False``: ``out = B``) the two "terms" are
+    the query's own position and all other positions
+    (:func:`lesa_own_position_split`)."""
     terms = block.terms(x)
     out = {}
     if 'unary' in terms:
         out['unary'] = terms['unary']
-    if 'binary' in terms:
-        out['binary'] = terms['binary'] * terms['gate'] if 'gate' in terms \
-            else terms['binary']
+        if 'binary' in terms:
+            out['binary'] = terms['binary'] * terms['gate'] if 'gate' in terms \
+                else terms['binary']
+    else:
+        out = lesa_own_position_split(block, x, terms['attention'])
     if block.pooling is not None:
         out = {k: block.pooling(v) for k, v in out.items()}
+    return out
+
+
+@torch.no_grad()
+def block_statistics(block: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-block tensors the term analysis summarises besides the contributions:
+    LESA's gate ``σ(...)`` ``(N, C, H, W)`` (``'gate'``) and, for its self-attention
+    arms, the head-averaged attention on the query's own position ``a_ii`` ``(N, L)``
+    (``'own_attention'``). Empty for other blocks."""
+    if not isinstance(block, LESABlock) or not block.binary:
+        return {}
+    terms = block.terms(x)
+    out = {'own_attention': torch.diagonal(terms['attention'], dim1=-2,
+                                           dim2=-1).mean(1)}
+    if 'gate' in terms:
+        out['gate'] = terms['gate']
     return out
