@@ -112,3 +112,34 @@ def test_refuses_a_config_that_is_not_a_whole_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _complexity_main()([str(cfg), '--out-dir', str(tmp_path)])
     assert 'cannot count a GlobalContextBlock' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('pe_type, dcn', [('detection_qr', None), ('classification', None),
+                                          ('detection_qr', dict(type='DCN', deform_groups=1))])
+def test_lesa_terms_are_counted(pe_type, dcn):
+    """LESA's per-term MACs: the conv terms equal mmengine's count of those modules;
+    attention / relative terms follow the hand formulas; the report lists them."""
+    from mmctx.analysis import complexity_report
+    from mmctx.models.blocks import LESABlock
+    c, h, w, g = 32, 6, 5, 4
+    block = LESABlock(c, num_heads=g, pe_type=pe_type, pe_size=(h, w), dcn=dcn).eval()
+    model = torch.nn.Sequential(block)
+    result = count_complexity(model, (torch.randn(2, c, h, w), ))
+    (row, ) = result['blocks']
+    terms = row['terms']
+    analyzer = FlopAnalyzer(model, (torch.randn(2, c, h, w), ))
+    analyzer.unsupported_ops_warnings(False)
+    by_module = analyzer.by_module()
+    n, L, d, dv = 2, h * w, c // g // 2, c // g
+    if dcn is None:  # mmcv's DCN op has no jit handle: its MACs are not in mmengine's
+        assert terms['unary'] == by_module['0.x_transform']
+    assert terms['unary'] == n * L * c * (c // g) * 9 + n * L * c * c + (
+        n * L * 18 * c * 9 if dcn else 0)
+    assert terms['qkv'] == by_module['0.qkv_transform'] == n * L * c * 2 * c
+    assert terms['gate'] == by_module['0.reasoning.1'] + by_module['0.projection.0']  # BN not
+    assert terms['attention'] == n * g * L * L * (d + dv)
+    assert terms['relative'] == (n * g * L * (2 * h - 1 + 2 * w - 1) * d
+                                 if pe_type == 'detection_qr' else n * g * L * L * (2 * d + dv))
+    text = complexity_report(result, 'lesa')
+    assert '## Terms (LESA' in text
+    assert f'| 0 | {terms["unary"] / 1e9:.4f} | {terms["qkv"] / 1e9:.4f} |' in text

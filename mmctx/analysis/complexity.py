@@ -40,24 +40,43 @@ def count_complexity(model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Dict
     """Params and MACs of ``model(*inputs)``, in total and per mmctx block.
 
     Returns ``dict(params, macs, uncounted, blocks=[dict(name, type, params, macs,
-    attention_macs)])``; ``attention_macs`` is what mmengine alone would miss.
+    attention_macs[, terms])])``; ``attention_macs`` is what mmengine alone would miss;
+    ``terms`` (blocks with a ``term_macs`` method: LESA) holds each term's MACs at the
+    block's input size, as the paper's computation does them.
     """
     was_training = model.training
     model.eval()
-    analyzer = FlopAnalyzer(model, inputs).set_op_handle(**ATTENTION_OPS)
-    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    by_module = analyzer.by_module()
-    by_op = analyzer.by_module_and_operator()
+    shapes: Dict[str, Tuple[int, ...]] = {}
+
+    def record(name):
+        def hook(module, args):  # returns None: the inputs stay as they are
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name))
+               for name, m in model.named_modules() if hasattr(m, 'term_macs')]
+    try:
+        analyzer = FlopAnalyzer(model, inputs).set_op_handle(**ATTENTION_OPS)
+        analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_module = analyzer.by_module()
+        by_op = analyzer.by_module_and_operator()
+    finally:
+        for h in handles:
+            h.remove()
     blocks = []
     for name, module in model.named_modules():
         if isinstance(module, ContextBlockBase):
             ops = by_op.get(name, {})
-            blocks.append(dict(
+            row = dict(
                 name=name, type=type(module).__name__,
                 params=sum(p.numel() for p in module.parameters()),
                 macs=int(by_module.get(name, 0)),
                 attention_macs=int(sum(v for k, v in ops.items()
-                                       if 'aten::' + k in ATTENTION_OPS or k in ATTENTION_OPS))))
+                                       if 'aten::' + k in ATTENTION_OPS or k in ATTENTION_OPS)))
+            if name in shapes:  # LESA: each term, as the official computation does it
+                n, _, h, w = shapes[name]
+                row['terms'] = module.term_macs(n, h, w)
+            blocks.append(row)
     model.train(was_training)
     return dict(params=sum(p.numel() for p in model.parameters()),
                 macs=int(analyzer.total()), blocks=blocks,
@@ -167,12 +186,29 @@ def complexity_report(result: Dict, title: str) -> str:
              '- convention: one multiply-add = one MAC; papers that write "FLOPs" for '
              'ResNets (GCNet: ResNet-50 3.86 G) count MACs', '']
     if result['blocks']:
-        lines += ['| block | type | params | GMACs | of which attention | share of model |',
+        lines += ['| block | type | params | GMACs (as run) | of which attention | share of model |',
                   '|---|---|---|---|---|---|']
         for b in result['blocks']:
             lines.append(f'| {b["name"]} | {b["type"]} | {b["params"] / 1e3:.1f} k | '
                          f'{b["macs"] / g:.4f} | {b["attention_macs"] / g:.4f} | '
                          f'{100 * b["macs"] / max(result["macs"], 1):.2f} % |')
+    termed = [b for b in result['blocks'] if b.get('terms')]
+    if termed:
+        names = []
+        for b in termed:
+            names += [t for t in b['terms'] if t not in names]
+        lines += ['', '## Terms (LESA: as the official computation does them, GMACs)', '',
+                  'unary = grouped 3×3 (+ DCN offsets) + 1×1; qkv = the 1×1 projection; '
+                  'attention = q·k and Σ a·v; relative = the relative-position logits '
+                  '(and Σ a·r^v for the classification form); gate = the two 1×1 convs '
+                  'of the dynamic fusion. The "as run" column above counts what '
+                  "mmctx's fused path runs (the 2-D relative term as H+W extra "
+                  'query/key dimensions of the attention call, zero-padded heads).', '',
+                  '| block | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+        for b in termed:
+            lines.append(f'| {b["name"]} | ' + ' | '.join(
+                f'{b["terms"][t] / g:.4f}' if t in b['terms'] else '–' for t in names)
+                + ' |')
     if result['uncounted']:
         ops = ', '.join(f'{k} ×{v}' for k, v in sorted(result['uncounted'].items()))
         lines += ['', f'Not counted (element-wise ops without a handle): {ops}']

@@ -535,6 +535,43 @@ class LESABlock(ContextBlockBase):
         out, terms = self._forward(x, explicit=True)
         return dict({k: v for k, v in terms.items() if v is not None}, output=out)
 
+    def term_macs(self, batch: int, h: int, w: int) -> Dict[str, int]:
+        """Multiply-adds of each term for a ``batch × in_channels × h × w`` input, as
+        the official computation does them (BN, softmax, pooling and the deformable
+        sampling not counted):
+
+        * ``unary``: the grouped 3×3 (a DCN adds its offset 3×3 conv) and the 1×1;
+        * ``qkv``: the 1×1 projection; ``attention``: ``q·k`` and ``Σ a v``,
+          ``N·heads·L²·(d + dv)``;
+        * ``relative``: ``detection_qr`` ``q`` against both tables, ``N·heads·L·(2H − 1
+          + 2W − 1)·d`` (the official per-offset logits; mmctx's fused path instead
+          carries them as ``H + W`` extra query/key dimensions, ``N·heads·L²·(H + W)``
+          inside the attention call); ``classification`` ``q·r^q``, ``k·r^k`` and
+          ``Σ a r^v``, ``N·heads·L²·(2d + dv)``;
+        * ``gate``: the two 1×1 convs of the dynamic fusion.
+        """
+        n, length, g = batch, h * w, self.num_heads
+        c, cin, d, dv = self.out_channels, self.in_channels, self.qk_channels, self.v_channels
+        out = {}
+        if self.unary:
+            unary = n * length * c * (cin // g) * 9 + (n * length * c * c if g != 1 else 0)
+            if self.dcn is not None:
+                offsets = 2 * 9 * int(self.dcn.get('deform_groups', 1))
+                unary += n * length * offsets * cin * 9
+            out['unary'] = unary
+        if self.binary:
+            out['qkv'] = n * length * cin * 2 * c
+            out['attention'] = n * g * length * length * (d + dv)
+            if self.pe_type == 'detection_qr':
+                out['relative'] = n * g * length * (2 * h - 1 + 2 * w - 1) * d
+            elif self.pe_type == 'classification':
+                out['relative'] = n * g * length * length * (2 * d + dv)
+            else:
+                out['relative'] = 0
+        if self.unary and self.binary and self.fusion == 'gate':
+            out['gate'] = n * length * (2 * c * c + c * c)
+        return out
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Loads 2-D relative tables made for another size (cropped / interpolated to
         this block's ``pe_size`` as in :func:`offset_table`, e.g. an ImageNet or 1024²
