@@ -566,6 +566,24 @@ def test_lesa_imagenet_train_and_test_on_tiny_imagenet(tmp_path):
     assert 'accuracy/top1' in out.stdout + out.stderr
 
 
+def test_lesa_head_trains_and_tests_on_tiny_cityscapes(tmp_path, tiny_cityscapes):
+    """The LESA head config (R-50-D8, Cityscapes 512×1024) via tiny_run: 2 iterations of
+    tools/train.py on the tiny Cityscapes layout, then tools/test.py on its checkpoint
+    (the 2-D tables, made for 64×128, cropped to the tiny feature maps)."""
+    from .conftest import python, scalars
+    config = osp.join(ROOT, 'configs', 'lesa', 'lesa_r50-d8_4xb2-80k_cityscapes-512x1024.py')
+    work_dir = str(tmp_path / 'wd')
+    opts = ['--cfg-options', f'tiny_run.data_root={tiny_cityscapes}']
+    python('tools/train.py', config, '--work-dir', work_dir, *opts)
+    records = scalars(work_dir)
+    losses = [r['loss'] for r in records if 'loss' in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert any('mIoU' in r for r in records)
+    ckpt = sorted(glob.glob(osp.join(work_dir, 'iter_*.pth')))[-1]
+    out = python('tools/test.py', config, ckpt, '--work-dir', str(tmp_path / 'test'), *opts)
+    assert 'mIoU' in out.stdout + out.stderr
+
+
 # --- official checkpoints: conversion, checked against a re-statement ----------------
 
 class OfficialLESA(torch.nn.Module):
