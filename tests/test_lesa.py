@@ -142,6 +142,78 @@ def test_matches_an_independent_restatement(pe_type, size):
     torch.testing.assert_close(block.forward_with_attention(x)[0], expected)
 
 
+def bn_batch(z, weight, bias, dims):
+    """Training-mode BN written out: batch mean and biased variance over ``dims``."""
+    mean = z.mean(dims, keepdim=True)
+    var = ((z - mean) ** 2).mean(dims, keepdim=True)
+    shape = [1, -1] + [1] * (z.dim() - 2)
+    return (z - mean) / torch.sqrt(var + 1e-5) * weight.view(shape) + bias.view(shape)
+
+
+def reference_train(block, x):
+    """The official equations in training mode (every BN with batch statistics over
+    its own axes: qkv/output over batch and positions, the logits over batch and all
+    pairs), vectorised, from the block's parameters only; the unary term and the gate
+    use the block's conv weights with batch-statistics BNs written out."""
+    n, _, h, w = x.shape
+    L, g, d, dv, C = h * w, block.num_heads, block.qk_channels, block.v_channels, \
+        block.out_channels
+    p = dict(block.named_parameters())
+    qkv = torch.einsum('oc,ncl->nol', p['qkv_transform.weight'][..., 0], x.flatten(2))
+    qkv = bn_batch(qkv, p['bn_qkv.weight'], p['bn_qkv.bias'], (0, 2))
+    qkv = qkv.view(n, g, 2 * d + dv, L)
+    q, k, v = qkv[:, :, :d], qkv[:, :, d:2 * d], qkv[:, :, 2 * d:]  # (N, g, ·, L)
+    logits = [torch.einsum('ngci,ngcj->ngij', q, k)]
+    i = torch.arange(L)
+    yi, xi = i // w, i % w
+    if block.pe_type == 'detection_qr':
+        rh = offset_table(p['rel_height'], h)[yi.view(1, -1) - yi.view(-1, 1) + h - 1]
+        rw = offset_table(p['rel_width'], w)[xi.view(1, -1) - xi.view(-1, 1) + w - 1]
+        logits.append(torch.einsum('ngci,ijc->ngij', q, rh + rw))  # [i, j]: key − query
+    elif block.pe_type == 'classification':
+        rel = p['relative']
+        off = i.view(-1, 1) - i.view(1, -1) + L - 1  # [i, j] = i − j
+        logits.append(torch.einsum('ngci,cij->ngij', q, rel[:d][:, off]))
+        logits.append(torch.einsum('ngcj,cji->ngij', k, rel[d:2 * d][:, off]))
+    stacked = bn_batch(torch.cat(logits, 1), p['bn_similarity.weight'],
+                       p['bn_similarity.bias'], (0, 2, 3))
+    a = stacked.view(n, len(logits), g, L, L).sum(1).softmax(-1)
+    sv = torch.einsum('ngij,ngcj->ngci', a, v).reshape(n, C, L)
+    if block.pe_type == 'classification':
+        sve = torch.einsum('ngij,cij->ngci', a, p['relative'][2 * d:][:, off]).reshape(n, C, L)
+        pair = torch.stack([sv, sve], 2).view(n, 2 * C, L)
+        binary = bn_batch(pair, p['bn_output.weight'], p['bn_output.bias'], (0, 2))
+        binary = binary.view(n, C, 2, L).sum(2)
+    else:
+        binary = bn_batch(sv, p['bn_output.weight'], p['bn_output.bias'], (0, 2))
+    binary = binary.view(n, C, h, w)
+    conv = torch.nn.functional.conv2d
+    u = conv(conv(x, p['x_transform.0.weight'], padding=1, groups=g), p['x_transform.1.weight'])
+    unary = bn_batch(u, p['bn_x.weight'], p['bn_x.bias'], (0, 2, 3))
+    r = conv(torch.relu(torch.cat([unary, binary], 1)), p['reasoning.1.weight'])
+    r = torch.relu(bn_batch(r, p['reasoning.2.weight'], p['reasoning.2.bias'], (0, 2, 3)))
+    gate = bn_batch(conv(r, p['projection.0.weight']), p['projection.1.weight'],
+                    p['projection.1.bias'], (0, 2, 3))
+    return unary + torch.sigmoid(gate) * binary
+
+
+@pytest.mark.parametrize('pe_type, size', [('detection_qr', (3, 4)), ('detection_qr', (5, 2)),
+                                           ('classification', (3, 4))])
+def test_training_mode_matches_an_independent_restatement(pe_type, size):
+    """Training mode (batch statistics everywhere): both paths = the re-statement, and
+    the memory-efficient path's logit-BN running statistics = the explicit path's."""
+    torch.manual_seed(4)
+    block = randomized(LESABlock(16, num_heads=2, pe_type=pe_type,
+                                 pe_size=(3, 4))).double().train()
+    x = torch.randn(3, 16, *size, dtype=torch.double)
+    expected = reference_train(block, x)
+    explicit = copy.deepcopy(block)
+    torch.testing.assert_close(block(x), expected)
+    torch.testing.assert_close(explicit.forward_with_attention(x)[0], expected)
+    torch.testing.assert_close(block.bn_similarity.running_var,
+                               explicit.bn_similarity.running_var)
+
+
 # --- memory-efficient = explicit -----------------------------------------------------
 
 def grads(block, x, out):
