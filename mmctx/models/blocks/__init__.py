@@ -1,12 +1,17 @@
 """Context blocks (GCNet's context modeling → transform → fusion)."""
+from .double_attention import DoubleAttentionBlock
 from .global_context import (GlobalContextBlock, SimplifiedNonLocalBlock,
                              SqueezeExcitationBlock)
+from .glore import GloReBlock
+from .latent_gnn import LatentGNNBlock
 from .lesa import LESABlock
+from .low_rank import LowRankBlock
 from .non_local import (DNL_PRESETS, DisentangledNonLocalBlock, NonLocalBlock,
                         PairwiseContextBlock, PairwiseNonLocalBlock, UnaryNonLocalBlock)
 
 __all__ = [
     'GlobalContextBlock', 'SimplifiedNonLocalBlock', 'SqueezeExcitationBlock',
     'NonLocalBlock', 'DisentangledNonLocalBlock', 'PairwiseNonLocalBlock',
-    'UnaryNonLocalBlock', 'PairwiseContextBlock', 'DNL_PRESETS', 'LESABlock'
+    'UnaryNonLocalBlock', 'PairwiseContextBlock', 'DNL_PRESETS', 'LESABlock',
+    'LowRankBlock', 'DoubleAttentionBlock', 'GloReBlock', 'LatentGNNBlock'
 ]
