@@ -547,6 +547,7 @@ def test_lesa_htc_wrn50_config():
     assert [layer[0].conv1.out_channels for layer in layers] == [128, 256, 512, 1024]
     assert [layer[0].conv3.out_channels for layer in layers] == [256, 512, 1024, 2048]
     assert [len(layer) for layer in layers] == [3, 4, 6, 3]
+    assert bb.conv1.out_channels == 64 and layers[0][0].conv1.in_channels == 64  # stem
     blocks = bb.lesa_blocks()
     assert len(blocks) == 5 + 3 and all(b.with_cp and b.dcn for _, b in blocks)
     assert [b.pe_size for _, b in blocks] == [(80, 80)] * 6 + [(40, 40)] * 2

@@ -201,11 +201,16 @@ def test_official_lesa_detection_checkpoint_gives_the_official_predictions(case,
     assert 'official LESA_detection checkpoint' in out
     assert 'tables for 8x8' in out and 'deformable unary 3x3' in out
     assert '8 LESA blocks: layer3.1, layer3.2, layer3.3, layer3.4, layer3.5, layer4.0' in out
+    assert ('HTC with WRN-50-2 widths' if wide else 'Mask R-CNN with ResNet-50 widths') in out
 
     # mmctx's model, as a user at this input size would build it
     cfg = Config.fromfile(path)
     cfg.model.backbone.pe_sizes = STAGE_SIZES
     ours = build_detector(cfg, test_cfg)
+    # the official wrn=True widens the Bottlenecks only: its stem stays 64 wide (as
+    # torchvision's wide_resnet50_2)
+    stem, official_stem = ours.backbone.conv1.out_channels, official.backbone.conv1.out_channels
+    assert stem == official_stem == 64, f'stem: mmctx {stem} channels, official {official_stem}'
     load_checkpoint(ours, dst, map_location='cpu', strict=True)
     ours.eval()
 

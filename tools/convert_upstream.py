@@ -97,6 +97,8 @@ def main(argv=None) -> int:
         target = ('a LESA backbone (init_cfg=dict(type=\'Pretrained\', checkpoint=...))'
                   if args.backbone_only else
                   'configs/lesa/lesa-*_in1k.py (mmpretrain)' if kind == 'LESA_classification'
+                  else 'configs/lesa/htc_lesa-*.py (mmdet)'
+                  if any(k.startswith('roi_head.semantic_head.') for k in converted)
                   else 'configs/lesa/mask-rcnn_lesa-*.py (mmdet)')
         print(f'{args.src}: official {kind} checkpoint -> {target} ({len(converted)} '
               'tensors)')

@@ -2,7 +2,8 @@
 # configs/lesa/lesa_htc_wrn50_fpn_dconv_c3-c5_4x1_20e_coco_1280.py on its
 # configs/htc/htc_r50_fpn_1x_coco_1280.py): HTC with the semantic branch (COCO-stuff
 # maps, as mmdet's htc_r50_fpn_20e_coco.py), a WRN-50-2 (wrn=True: inner widths doubled,
-# here mmdet's ResNet with base_channels=128 and expansion=2, the same keys) with LESA in
+# here mmdet's ResNet with stem_channels=64, base_channels=128 and expansion=2, the same
+# keys and shapes as the official / torchvision WRN-50-2) with LESA in
 # place of the 3x3 conv of every Bottleneck of stages 3-4 except the first of stage 3,
 # DCN unary terms in c3-c5 (DCN 3x3 convs elsewhere in c3-c5), 2-D relative positions made
 # for the stage sizes of a fixed 1280x1280 input, checkpointed unary/binary terms;
@@ -15,6 +16,7 @@ _base_ = ['mmdet::htc/htc_r50_fpn_20e_coco.py', '../_base_/mmctx.py']
 model = dict(
     backbone=dict(
         type='mmctx.LESAResNet',
+        stem_channels=64,  # WRN-50-2 keeps ResNet-50's stem (mmdet: base_channels)
         base_channels=128,
         expansion=2,
         strides=(1, 2, 2, 2),

@@ -303,7 +303,7 @@ def describe_lesa(kind: str, state_dict: Dict) -> List[str]:
             match = {(True, True): 'configs/lesa/htc_lesa-wrn50-*',
                      (False, False): 'configs/lesa/mask-rcnn_lesa-r50-*'}.get(
                          (htc, wide), 'no mmctx config has this pair: start from '
-                         'configs/lesa/ and set base_channels / expansion')
+                         'configs/lesa/ and set stem_channels / base_channels / expansion')
             notes.append(f'{model} with {width} widths: {match}')
     return notes
 

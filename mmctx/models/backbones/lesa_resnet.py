@@ -121,10 +121,12 @@ if importlib.util.find_spec('mmdet') is not None:
 
         Args:
             expansion: the Bottleneck's output / inner width ratio (mmdet's: 4). With
-                ``base_channels=128, expansion=2`` this is WRN-50-2, the official
-                ``wrn=True`` backbone of the LESA HTC model (inner widths 128..1024,
-                stage outputs 256..2048, the same state-dict keys as a ResNet); the
-                argument exists as in mmpretrain's ResNet, mmdet's has none.
+                ``stem_channels=64, base_channels=128, expansion=2`` this is WRN-50-2,
+                the official ``wrn=True`` backbone of the LESA HTC model (a 64-channel
+                stem, inner widths 128..1024, stage outputs 256..2048: the keys and
+                shapes of torchvision's ``wide_resnet50_2``; without ``stem_channels``
+                mmdet makes the stem ``base_channels`` wide); the argument exists as in
+                mmpretrain's ResNet, mmdet's has none.
         """
 
         def __init__(self, *args: Any, expansion: Optional[int] = None,
