@@ -897,7 +897,8 @@ def test_self_attention_arm_splits_into_own_and_other_positions(pe_type):
 
 def test_lesa_mask_rcnn_trains_on_tiny_coco_with_tiny_run(tmp_path):
     """The official fixed-size LESA Mask R-CNN recipe, shrunk by tiny_run (1024² → 128²:
-    the 2-D tables are cropped), 1 epoch of 2 iterations + CocoMetric via tools/train.py."""
+    the 2-D tables are cropped), 1 epoch of 2 iterations + CocoMetric via tools/train.py,
+    then tools/test.py on the checkpoint."""
     from mmctx.testing import make_coco
 
     from .conftest import python, scalars
@@ -905,11 +906,14 @@ def test_lesa_mask_rcnn_trains_on_tiny_coco_with_tiny_run(tmp_path):
     config = osp.join(ROOT, 'configs', 'lesa',
                       'mask-rcnn_lesa-r50-dconv-c3-c5_fpn_8xb1-20e_coco-1024x1024.py')
     work_dir = str(tmp_path / 'wd')
-    python('tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
-           f'tiny_run.data_root={root}', 'tiny_run.batch_size=1',
-           'model.test_cfg.rpn.max_per_img=32', 'model.test_cfg.rcnn.max_per_img=10',
-           'model.test_cfg.rcnn.score_thr=0.0')
+    opts = ['--cfg-options', f'tiny_run.data_root={root}', 'tiny_run.batch_size=1',
+            'model.test_cfg.rpn.max_per_img=32', 'model.test_cfg.rcnn.max_per_img=10',
+            'model.test_cfg.rcnn.score_thr=0.0']
+    python('tools/train.py', config, '--work-dir', work_dir, *opts)
     records = scalars(work_dir)
     losses = [r for r in records if 'loss' in r]
     assert len(losses) == 2 and all(math.isfinite(r['loss']) for r in losses)
     assert any('coco/bbox_mAP' in r for r in records)
+    out = python('tools/test.py', config, osp.join(work_dir, 'epoch_1.pth'), '--work-dir',
+                 str(tmp_path / 'test'), *opts)
+    assert 'coco/bbox_mAP' in out.stdout + out.stderr
