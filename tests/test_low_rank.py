@@ -1,12 +1,15 @@
-"""The low-rank blocks (A², GloRe, LatentGNN) against re-statements of their equations."""
+"""The low-rank blocks (A², GloRe, LatentGNN, CGNL) against re-statements of their
+equations."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmctx.models.blocks import DoubleAttentionBlock, GloReBlock, LatentGNNBlock
+from mmctx.models.blocks import CGNLBlock, DoubleAttentionBlock, GloReBlock, LatentGNNBlock
 from mmctx.registry import MODELS
 
-BLOCKS = [DoubleAttentionBlock, GloReBlock, LatentGNNBlock]
+BLOCKS = [DoubleAttentionBlock, GloReBlock, LatentGNNBlock, CGNLBlock]
 SHAPES = {1: (2, 16, 7), 2: (2, 16, 5, 6), 3: (2, 16, 3, 4, 5)}
 
 
@@ -234,8 +237,9 @@ def test_registry_builds_an_identity_block_from_in_channels(cls, dim):
 @pytest.mark.parametrize('cls', BLOCKS)
 def test_gradcheck_double_precision(cls):
     torch.manual_seed(4)
-    block = randomized(cls(8, **({'latent_dims': 3} if cls is LatentGNNBlock else
-                                 {'num_mid': 2} if cls is GloReBlock else {}))).double()
+    kwargs = {LatentGNNBlock: {'latent_dims': 3}, GloReBlock: {'num_mid': 2},
+              CGNLBlock: {'groups': 2, 'kernel': 'gaussian'}}.get(cls, {})
+    block = randomized(cls(8, **kwargs)).double()
     block.eval()
     x = torch.randn(1, 8, 3, 2, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(block, (x, ), eps=1e-6, atol=1e-5)
@@ -264,6 +268,10 @@ def test_bf16_autocast_is_finite_and_close(cls):
     (LatentGNNBlock, dict(latent_dims=[]), TypeError, 'latent_dims must be an int or a list'),
     (LatentGNNBlock, dict(channel_stride=64), ValueError, 'channel_stride=64 leaves 0'),
     (LatentGNNBlock, dict(dim=4), ValueError, 'dim must be one of'),
+    (CGNLBlock, dict(groups=3), ValueError, 'divisible by groups'),
+    (CGNLBlock, dict(kernel='rbf'), ValueError, "kernel must be one of \\['dot', 'gaussian'\\]"),
+    (CGNLBlock, dict(kernel='gaussian', order=-1), ValueError, 'order must be an int >= 0'),
+    (CGNLBlock, dict(gamma=0), ValueError, 'gamma must be a number > 0'),
 ])
 def test_bad_arguments(cls, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -277,3 +285,58 @@ def test_wrong_input_is_refused(cls):
         block(torch.randn(1, 8, 4, 4))
     with pytest.raises(ValueError, match='expects a 4D input'):
         block(torch.randn(1, 16, 4))
+
+
+# --- CGNL ------------------------------------------------------------------------------
+
+def cgnl_reference(block, x):
+    """The official SpatialCGNL(x), restated per group: y = Σ_p α_p² (Σ φ^p g) θ^p."""
+    n, g = x.shape[0], block.groups
+    t, p, v = (conv1x1(x, c) for c in (block.t, block.p, block.g))
+    cg = block.planes // g
+    ys = []
+    for k in range(g):
+        tk, pk, vk = (a[:, k * cg:(k + 1) * cg] for a in (t, p, v))
+        if block.kernel == 'dot':
+            s = (pk * vk).flatten(1).sum(1)  # one scalar per sample
+            y = s.view(n, *[1] * (x.dim() - 1)) * tk
+        else:
+            beta = torch.exp(torch.tensor(-2 * block.gamma, dtype=x.dtype))
+            y = 0
+            for order in range(block.order + 1):
+                a2 = (2 * block.gamma) ** order / math.factorial(order) * beta
+                s = (pk.pow(order) * vk).flatten(1).sum(1)
+                y = y + a2 * s.view(n, *[1] * (x.dim() - 1)) * tk.pow(order)
+        if block.use_scale:
+            y = y / math.sqrt(tk[0].numel())
+        ys.append(y)
+    y = torch.cat(ys, 1)
+    z = torch.nn.functional.conv1d(y.flatten(2), block.z.weight.flatten(2),
+                                   groups=g).view(n, -1, *x.shape[2:])
+    return x + torch.nn.functional.group_norm(z, g, block.gn.weight, block.gn.bias)
+
+
+@pytest.mark.parametrize('dim', [1, 2, 3])
+@pytest.mark.parametrize('kwargs', [dict(), dict(kernel='gaussian'),
+                                    dict(kernel='gaussian', order=2, use_scale=True)])
+def test_cgnl_matches_the_official_kernels(dim, kwargs):
+    torch.manual_seed(6)
+    block = randomized(CGNLBlock(16, groups=4, **kwargs, dim=dim)).double()
+    x = torch.randn(*SHAPES[dim], dtype=torch.double)
+    torch.testing.assert_close(block(x), cgnl_reference(block, x))
+
+
+def test_cgnl_map_is_the_kernel_averaged_over_channel_pairs():
+    torch.manual_seed(7)
+    block = randomized(CGNLBlock(16, groups=2, kernel='gaussian', order=2)).double()
+    x = torch.randn(1, 16, 3, 2, dtype=torch.double)
+    _, maps = block.forward_with_attention(x)
+    t, p = conv1x1(x, block.t).flatten(2)[0], conv1x1(x, block.p).flatten(2)[0]  # (8, L)
+    alphas = block.alphas()
+    expected = torch.zeros(6, 6, dtype=torch.double)
+    for k in range(2):
+        for c in range(4 * k, 4 * k + 4):
+            for c2 in range(4 * k, 4 * k + 4):
+                for o, a in enumerate(alphas):
+                    expected += a * a * torch.outer(t[c] ** o, p[c2] ** o) / (2 * 16)
+    torch.testing.assert_close(maps['pairwise'][0], expected)

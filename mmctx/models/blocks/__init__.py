@@ -1,4 +1,5 @@
 """Context blocks (GCNet's context modeling → transform → fusion)."""
+from .cgnl import CGNLBlock
 from .double_attention import DoubleAttentionBlock
 from .global_context import (GlobalContextBlock, SimplifiedNonLocalBlock,
                              SqueezeExcitationBlock)
@@ -13,5 +14,5 @@ __all__ = [
     'GlobalContextBlock', 'SimplifiedNonLocalBlock', 'SqueezeExcitationBlock',
     'NonLocalBlock', 'DisentangledNonLocalBlock', 'PairwiseNonLocalBlock',
     'UnaryNonLocalBlock', 'PairwiseContextBlock', 'DNL_PRESETS', 'LESABlock',
-    'LowRankBlock', 'DoubleAttentionBlock', 'GloReBlock', 'LatentGNNBlock'
+    'LowRankBlock', 'DoubleAttentionBlock', 'GloReBlock', 'LatentGNNBlock', 'CGNLBlock'
 ]
