@@ -432,6 +432,8 @@ def test_deformable_unary_term():
 # --- LESA-ResNets (mmdet, mmseg) and the detection configs ----------------------------
 
 LESA_DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'lesa', 'mask-rcnn_*.py')))
+#: built and run by test_lesa_htc_wrn50_config
+LESA_HTC_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'lesa', 'htc_*.py')))
 
 
 def _resnet(cls_name, **kwargs):
@@ -530,8 +532,8 @@ def test_lesa_htc_wrn50_config():
     from mmengine.structures import InstanceData, PixelData
 
     from .test_det import build_detector, data_sample, small_test_cfg
-    path = osp.join(ROOT, 'configs', 'lesa',
-                    'htc_lesa-wrn50-dconv-c3-c5_fpn_4xb1-20e_coco-1280x1280.py')
+    (path, ) = LESA_HTC_CONFIGS
+    assert osp.basename(path) == 'htc_lesa-wrn50-dconv-c3-c5_fpn_4xb1-20e_coco-1280x1280.py'
     cfg = Config.fromfile(path)
     assert cfg.model.type == 'HybridTaskCascade' and cfg.model.roi_head.semantic_head
     resize = cfg.train_dataloader.dataset.pipeline[2]
