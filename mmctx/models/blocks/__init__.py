@@ -4,6 +4,7 @@ from .double_attention import DoubleAttentionBlock
 from .global_context import (GlobalContextBlock, SimplifiedNonLocalBlock,
                              SqueezeExcitationBlock)
 from .glore import GloReBlock
+from .hamburger import HamburgerBlock, NMFHam
 from .latent_gnn import LatentGNNBlock
 from .lesa import LESABlock
 from .low_rank import LowRankBlock
@@ -14,5 +15,6 @@ __all__ = [
     'GlobalContextBlock', 'SimplifiedNonLocalBlock', 'SqueezeExcitationBlock',
     'NonLocalBlock', 'DisentangledNonLocalBlock', 'PairwiseNonLocalBlock',
     'UnaryNonLocalBlock', 'PairwiseContextBlock', 'DNL_PRESETS', 'LESABlock',
-    'LowRankBlock', 'DoubleAttentionBlock', 'GloReBlock', 'LatentGNNBlock', 'CGNLBlock'
+    'LowRankBlock', 'DoubleAttentionBlock', 'GloReBlock', 'LatentGNNBlock', 'CGNLBlock', 'HamburgerBlock',
+    'NMFHam'
 ]

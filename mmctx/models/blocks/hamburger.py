@@ -7,7 +7,8 @@
   module inside SegNeXt's ``LightHamHead``), so its checkpoints load 1:1.
 
 The NMF ham (:class:`NMFHam`), on ``x ≥ 0`` viewed as ``(B·S, D, L)`` with ``D = C/S``
-(channel ``c = s·D + d``): ``x ≈ bases · coefᵀ``, ``bases`` ``(D, R)``, ``coef`` ``(L, R)``:
+(channel ``c = s·D + d``): ``x ≈ bases · coefᵀ``, ``bases`` ``(D, R)``, ``coef``
+``(L, R)``:
 
 * ``bases⁰ ~ U[0, 1)`` L2-normalised over ``D`` (drawn strictly positive: an exact 0
   stays 0 under a multiplicative update);
@@ -56,7 +57,9 @@ Choices, and where they differ from the references:
 * The bases are drawn on the input's device (mmseg draws on the CPU and copies): with the
   same seed, CPU draws equal mmseg's.
 * The NMF runs in fp32 under autocast (``x·coef`` sums over all positions; the 1e-6
-  epsilons are at the edge of fp16), fp64 stays fp64; the reconstruction is cast back.
+  epsilons are at the edge of fp16), fp64 stays fp64. ``NMFHam.forward`` reconstructs
+  in fp32 and casts back; the block's reconstruction ``coef · basesᵀ`` is the shared
+  ``LowRankBlock`` step, which runs under the caller's autocast (as for A²).
 * Defaults (only ``in_channels`` is needed): ``ham_channels = in_channels`` (mmseg's
   ``Hamburger`` has no other option), ``S = 1``, ``R = 64``, 6 / 7 steps (mmseg's
   ``NMF2D``; SegNeXt's configs use ``MD_R=16``), norm GN(32) as the SegNeXt configs —
@@ -179,11 +182,11 @@ class NMFHam(nn.Module):
         for callers whose input is non-negative by construction.
         """
         if x.dim() != 3 or x.shape[1] != self.split_channels:
-            raise ValueError(f'NMFHam.decompose expects (B·S, D={self.split_channels}, L), '
-                             f'got shape {tuple(x.shape)}')
+            raise ValueError(f'NMFHam.decompose expects (B·S, D={self.split_channels}, '
+                             f'L), got shape {tuple(x.shape)}')
         if check and bool((x < 0).any()):
-            raise ValueError('NMFHam needs a non-negative input (NMF: x ≈ bases·coefᵀ with '
-                             'both ≥ 0); got negative values — put a ReLU before it')
+            raise ValueError('NMFHam needs a non-negative input (NMF: x ≈ bases·coefᵀ '
+                             'with both ≥ 0); got negative values — put a ReLU before it')
         with no_autocast(x):
             x = upcast(x)
             if bases is None:
@@ -196,7 +199,7 @@ class NMFHam(nn.Module):
                 if check and not bool((bases > 0).all()):
                     raise ValueError('initial bases must be strictly positive (an exact '
                                      '0 stays 0 under a multiplicative update)')
-                bases = bases.to(x.dtype)
+                bases = bases.to(device=x.device, dtype=x.dtype)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.one_step_grad):
                 coef = torch.bmm(x.transpose(1, 2), bases).softmax(dim=-1)  # (B·S, L, R)
                 for _ in range(self.steps):
@@ -207,9 +210,11 @@ class NMFHam(nn.Module):
 
     def forward(self, x: torch.Tensor, bases: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(B, C, *S)`` ≥ 0 → ``(B, C, *S)``, as mmseg's ``NMF2D`` (any spatial rank)."""
-        if not isinstance(x, torch.Tensor) or x.dim() < 3 or x.shape[1] != self.channels:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'NMFHam expects a torch.Tensor, got {type(x).__name__}')
+        if x.dim() < 3 or x.shape[1] != self.channels:
             raise ValueError(f'NMFHam expects (B, C={self.channels}, *spatial), got '
-                             f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}')
+                             f'shape {tuple(x.shape)}')
         n = x.shape[0]
         flat = x.reshape(n * self.num_splits, self.split_channels, -1)  # (B·S, D, L)
         bases, coef = self.decompose(flat, bases)
@@ -306,7 +311,8 @@ class HamburgerBlock(LowRankBlock):
         # ReLU above: non-negative by construction, no sign check (no device sync)
         f['bases'], f['coef'] = self.ham.decompose(f['value'], check=False)
         coef = f['coef']  # (B·S, L, R)
-        return (coef / (coef.sum(dim=1, keepdim=True) + EPS)).transpose(1, 2)  # (B·S, R, L)
+        gather = coef / (coef.sum(dim=1, keepdim=True) + EPS)  # over positions
+        return gather.transpose(1, 2)  # (B·S, R, L)
 
     def describe(self, f, gather):
         return f['bases'].transpose(1, 2)  # the R bases as descriptors, (B·S, R, D)
