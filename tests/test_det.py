@@ -214,11 +214,15 @@ def test_with_cp_matches_and_every_block_parameter_gets_a_gradient():
 
 # --------------------------------------------------------------------- configs
 def test_configs_found():
-    assert len(DET_CONFIGS) == 24  # GC/SNL/NL x R-50/101 x BN/SyncBN + 4 blocks x 2 places
+    # GC/SNL/NL x R-50/101 x BN/SyncBN + 4 blocks x 2 places (GCNet / DNL tables) +
+    # A², GloRe, LatentGNN, CGNL at the DNL table's 2 places
+    assert len(DET_CONFIGS) == 32
 
 
 BLOCKS = {'gcb': 'GlobalContextBlock', 'snl': 'SimplifiedNonLocalBlock',
-          'nl': 'NonLocalBlock', 'dnl': 'DisentangledNonLocalBlock'}
+          'nl': 'NonLocalBlock', 'dnl': 'DisentangledNonLocalBlock',
+          'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
+          'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock'}
 
 
 def expected_blocks(name, model):
@@ -249,7 +253,7 @@ def test_config_builds_and_runs_forward(path):
         'Shared4Conv1FCBBoxHead' if '4conv1fc' in name else 'Shared2FCBBoxHead')
 
     # the blocks the name promises, where it promises them, and nowhere else
-    algo = re.match(r'mask-rcnn_r\d+(?:-syncbn)?-([a-z]+)', name).group(1)
+    algo = re.match(r'mask-rcnn_r\d+(?:-syncbn)?-([a-z0-9]+)', name).group(1)
     where = expected_blocks(name, model)
     found = {}
     for bname, bottleneck in model.backbone.named_modules():

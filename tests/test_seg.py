@@ -56,7 +56,9 @@ def test_config_builds_and_runs_forward(path):
         expected = {'nonlocal': 'NonLocalBlock', 'dnl-official': 'DisentangledNonLocalBlock',
                     'dnl-pairwise': 'PairwiseNonLocalBlock', 'dnl-unary': 'UnaryNonLocalBlock',
                     'dnl': 'DisentangledNonLocalBlock', 'snl': 'SimplifiedNonLocalBlock',
-                    'gcnet': 'GlobalContextBlock', 'lesa': 'LESABlock'}
+                    'gcnet': 'GlobalContextBlock', 'lesa': 'LESABlock',
+                    'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
+                    'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock'}
         algo = next(k for k in expected if name.split('_')[0].startswith(k))
         assert type(head.block).__name__ == expected[algo]
         if 'depth' in cfg.model.backbone:

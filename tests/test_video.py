@@ -41,6 +41,8 @@ BLOCKS = {
             dict(preset='mmseg', sub_sample=True, whiten='channel', unary='conv')),
     'snl': ('SimplifiedNonLocalBlock', dict(ratio=None, fusion_types=('channel_add', ))),
     'gcb-r16': ('GlobalContextBlock', dict(ratio=1. / 16, fusion_types=('channel_add', ))),
+    'a2net': ('DoubleAttentionBlock', dict(reduction=4)),
+    'glore': ('GloReBlock', dict(normalize=False)),  # the official fixed-size unit
 }
 
 

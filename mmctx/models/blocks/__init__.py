@@ -1,6 +1,9 @@
-"""Context blocks (GCNet's context modeling → transform → fusion)."""
+"""Context blocks: GCNet's context modeling → transform → fusion (NL, DNL, SNL, GC, SE,
+LESA) and the low-rank family's project → interact → re-project → fuse (A², EMA,
+GloRe, LatentGNN, CGNL, Hamburger)."""
 from .cgnl import CGNLBlock
 from .double_attention import DoubleAttentionBlock
+from .ema import EMABlock
 from .global_context import (GlobalContextBlock, SimplifiedNonLocalBlock,
                              SqueezeExcitationBlock)
 from .glore import GloReBlock
@@ -15,6 +18,6 @@ __all__ = [
     'GlobalContextBlock', 'SimplifiedNonLocalBlock', 'SqueezeExcitationBlock',
     'NonLocalBlock', 'DisentangledNonLocalBlock', 'PairwiseNonLocalBlock',
     'UnaryNonLocalBlock', 'PairwiseContextBlock', 'DNL_PRESETS', 'LESABlock',
-    'LowRankBlock', 'DoubleAttentionBlock', 'GloReBlock', 'LatentGNNBlock', 'CGNLBlock', 'HamburgerBlock',
-    'NMFHam'
+    'LowRankBlock', 'DoubleAttentionBlock', 'EMABlock', 'GloReBlock', 'LatentGNNBlock',
+    'CGNLBlock', 'HamburgerBlock', 'NMFHam'
 ]

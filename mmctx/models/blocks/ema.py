@@ -79,6 +79,7 @@ Note:
       exactly that, and without it the ranks' bases drift apart under DDP (mmengine
       wraps with ``broadcast_buffers=False``). Every rank must then run the same
       number of training forwards (the all-reduce is a collective).
+      :meth:`forward_with_attention` is a forward and updates in training mode too;
       :meth:`EMABlock.assignments` and code inside :meth:`EMABlock.frozen_bases`
       never update. Eval never updates: it is deterministic.
     * **fp32.** The EM runs with autocast disabled, in fp32 (fp64 stays fp64): the
@@ -106,7 +107,10 @@ mmseg ``EMAHead`` (``decode_head.``)   official ``EMAU``       ``EMABlock``
 The block is exactly the part of mmseg's ``EMAHead`` between ``ema_in_conv`` and
 ``bottleneck`` (``ema_mid_conv``, ``EMAModule``, ``ReLU``, ``ema_out_conv``,
 ``ReLU(identity + ·)``, the identity being ``ema_in_conv``'s output), and the whole
-official ``EMAU``.
+official ``EMAU``. mmctx's ``ContextHead(block=dict(type='mmctx.EMABlock',
+preset='mmseg', ...), block_channels=ema_channels)`` is then mmseg's ``EMAHead``, with
+``ema_in_conv.*`` → ``convs.0.*``, ``bottleneck.*`` → ``convs.1.*`` and the block's
+keys under ``ema_block.`` (``conv_cat``, ``conv_seg`` unchanged).
 """
 import contextlib
 import math

@@ -1,0 +1,10 @@
+# R-50-D8 + mmctx.ContextHead with a CGNL block (dot-product kernel, 8 channel groups, GroupNorm
+# zero-initialised: the official ImageNet / COCO block).
+# mmseg's FCN base (ResNetV1c-50, output stride 8, FCN aux head) with the decode head
+# swapped: conv -> block -> conv, concat_input, dropout 0.1, classifier.
+_base_ = ['mmseg::_base_/models/fcn_r50-d8.py']
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    decode_head=dict(
+        type='mmctx.ContextHead',
+        block=dict(type='mmctx.CGNLBlock', groups=8)))
