@@ -215,14 +215,15 @@ def test_with_cp_matches_and_every_block_parameter_gets_a_gradient():
 # --------------------------------------------------------------------- configs
 def test_configs_found():
     # GC/SNL/NL x R-50/101 x BN/SyncBN + 4 blocks x 2 places (GCNet / DNL tables) +
-    # A², GloRe, LatentGNN, CGNL at the DNL table's 2 places
-    assert len(DET_CONFIGS) == 32
+    # A², GloRe, LatentGNN, CGNL, EMA, Hamburger at the DNL table's 2 places
+    assert len(DET_CONFIGS) == 36
 
 
 BLOCKS = {'gcb': 'GlobalContextBlock', 'snl': 'SimplifiedNonLocalBlock',
           'nl': 'NonLocalBlock', 'dnl': 'DisentangledNonLocalBlock',
           'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
-          'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock'}
+          'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock', 'emanet': 'EMABlock',
+          'hamnet': 'HamburgerBlock'}
 
 
 def expected_blocks(name, model):

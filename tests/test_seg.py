@@ -19,7 +19,7 @@ CONFIGS = sorted(
     if '_base_' not in f)
 #: segmentation configs, by the dataset in their name (mmseg's naming grammar)
 SEG_CONFIGS = [f for f in CONFIGS
-               if any(d in osp.basename(f) for d in ('_cityscapes-', '_ade20k-',
+               if any(d in osp.basename(f) for d in ('_cityscapes-', '_ade20k-', '_voc12aug-',
                                                      '_pascal-context-', '_contextshapes-'))]
 
 
@@ -58,7 +58,9 @@ def test_config_builds_and_runs_forward(path):
                     'dnl': 'DisentangledNonLocalBlock', 'snl': 'SimplifiedNonLocalBlock',
                     'gcnet': 'GlobalContextBlock', 'lesa': 'LESABlock',
                     'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
-                    'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock'}
+                    'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock',
+                    'emanet': 'EMABlock', 'hamnet': 'HamburgerBlock',
+                    'segnext': 'HamburgerBlock'}
         algo = next(k for k in expected if name.split('_')[0].startswith(k))
         assert type(head.block).__name__ == expected[algo]
         if 'depth' in cfg.model.backbone:
@@ -113,6 +115,10 @@ UPSTREAM = {
                 'configs/dnl/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
     'GCHead': ('mmseg::gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py',
                'configs/gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    'EMAHead': ('mmseg::emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+                'configs/emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'LightHamHead': ('mmseg::segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py',
+                     'configs/hamnet/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py'),
 }
 
 
@@ -149,10 +155,13 @@ def test_convert_released_checkpoint(kind, tmp_path):
     assert ckpt['meta']['mmctx_converted_from']['head'] == kind
     upstream.eval(), ours.eval()
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        a, b = upstream(x, mode='tensor'), ours(x, mode='tensor')
+    with torch.no_grad():  # the same seed: LightHam redraws its NMF bases every forward
+        torch.manual_seed(1)
+        a = upstream(x, mode='tensor')
+        torch.manual_seed(1)
+        b = ours(x, mode='tensor')
     assert a.abs().max() > 0.1  # the comparison is not between two zero maps
-    assert (a - b).abs().max().item() <= 1e-4
+    assert (a - b).abs().max().item() <= 1e-4 * max(1., a.abs().max().item())
 
 
 def test_convert_refuses_what_it_cannot_convert(tmp_path):

@@ -1,10 +1,12 @@
-"""Convert a released mmseg NL/DNL/GC, mmdet GCNet, mmaction2 NL or official LESA checkpoint to mmctx.
+"""Convert a released mmseg NL/DNL/GC/EMA/LightHam, mmdet GCNet, mmaction2 NL or official LESA checkpoint to mmctx.
 
     python tools/convert_upstream.py SRC.pth DST.pth [--backbone-only]
 
 The kind is detected from the keys; the output loads (strictly) into the matching
-mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py or
-configs/gcnet/gcnet_*.py with the same backbone and dataset as the upstream config;
+mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py,
+configs/gcnet/gcnet_*.py, configs/emanet/emanet_*.py (EMAHead) or
+configs/hamnet/segnext_*.py (SegNeXt's LightHamHead) with the same name as the upstream
+config;
 for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), the
 configs/gcnet/ file of the same name; for mmaction2's I3D / SlowOnly NL recognizers
 (mmcv NonLocal3d blocks), the configs/nonlocal/ file of the same name; for the official
@@ -30,9 +32,9 @@ import sys
 import torch
 
 import mmctx  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
-from mmctx.models.convert import MMDET_PLUGINS, MMSEG_HEADS, ConversionError, \
-    convert_checkpoint, convert_lesa, describe_block, describe_det_plugins, describe_lesa, \
-    describe_mmaction_blocks, is_lesa
+from mmctx.models.convert import MMDET_PLUGINS, ConversionError, convert_checkpoint, \
+    convert_lesa, describe_block, describe_det_plugins, describe_lesa, \
+    describe_mmaction_blocks, is_lesa, mmseg_target_block
 
 
 def main(argv=None) -> int:
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     torch.save(out, args.dst)
     changed = sum(1 for a, b in zip(state_dict, converted) if a != b)
     if task == 'mmseg':
-        print(f'{args.src}: mmseg {kind} segmentor -> {MMSEG_HEADS[kind][2]} in '
+        print(f'{args.src}: mmseg {kind} segmentor -> {mmseg_target_block(kind)} in '
               f'mmctx.ContextHead ({len(converted)} tensors, {changed} keys renamed)')
         notes = describe_block(kind, state_dict)
     elif task == 'mmaction':

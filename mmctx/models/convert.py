@@ -45,6 +45,27 @@ MMSEG_HEADS = {
 }
 
 
+#: heads that mmctx.ContextHead reproduces with renamed layers -> (a key that identifies
+#: the head, [(upstream prefix, mmctx prefix)], mmctx block). EMAHead: ``ema_in_conv`` →
+#: ``convs.0``, ``bottleneck`` → ``convs.1`` (``block_channels=ema_channels``), the EMA
+#: unit's parts → ``ema_block``; LightHamHead (SegNeXt): ``squeeze`` → ``convs.0``,
+#: ``align`` → ``convs.1`` (``input_transform='resize_concat'``, 1×1 convs), the
+#: ``hamburger`` → ``ham_block``. ``conv_cat`` / ``conv_seg`` / the rest keep their names.
+MMSEG_RENAMED_HEADS = {
+    'EMAHead': ('decode_head.ema_module.bases', [
+        ('decode_head.ema_in_conv.', 'decode_head.convs.0.'),
+        ('decode_head.bottleneck.', 'decode_head.convs.1.'),
+        ('decode_head.ema_mid_conv.', 'decode_head.ema_block.ema_mid_conv.'),
+        ('decode_head.ema_module.bases', 'decode_head.ema_block.bases'),
+        ('decode_head.ema_out_conv.', 'decode_head.ema_block.ema_out_conv.'),
+    ], 'mmctx.EMABlock'),
+    'LightHamHead': ('decode_head.hamburger.ham_in.conv.weight', [
+        ('decode_head.squeeze.', 'decode_head.convs.0.'),
+        ('decode_head.align.', 'decode_head.convs.1.'),
+        ('decode_head.hamburger.', 'decode_head.ham_block.'),
+    ], 'mmctx.HamburgerBlock'),
+}
+
 #: mmdet ResNet plugin -> (key pattern, block-level kind, mmctx block, its module name)
 MMDET_PLUGINS = {
     'ContextBlock': (re.compile(r'^(backbone\.layer\d+\.\d+\.)context_block\.'),
@@ -62,13 +83,15 @@ def detect_kind(state_dict: Dict) -> str:
     """Which upstream head a segmentor state dict holds, from its keys."""
     found = [kind for kind, (prefix, _, _) in MMSEG_HEADS.items()
              if any(k.startswith(prefix) for k in state_dict)]
+    found += [kind for kind, (key, _, _) in MMSEG_RENAMED_HEADS.items() if key in state_dict]
     if len(found) == 1:
         return found[0]
     if not found:
         prefixes = sorted({'.'.join(k.split('.')[:2]) for k in state_dict})[:12]
         raise ConversionError(
             'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint (looked '
-            f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}) and no '
+            f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}), no '
+            f'EMAHead / LightHamHead ({[k for k, _, _ in MMSEG_RENAMED_HEADS.values()]}), no '
             'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
             'context_block.*), no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
             'non_local_block.*) and no official LESA module (keys [backbone.]layer<i>.<j>.'
@@ -78,6 +101,19 @@ def detect_kind(state_dict: Dict) -> str:
 
 def describe_block(kind: str, state_dict: Dict) -> List[str]:
     """What the keys say about the block options a matching mmctx config needs."""
+    if kind == 'EMAHead':
+        bases = state_dict['decode_head.ema_module.bases']
+        return [f'ema_channels={bases.shape[1]} (block_channels), num_bases={bases.shape[2]};'
+                ' num_stages / momentum cannot be told from the keys: keep the upstream '
+                "config's", "configs/emanet/emanet_*.py (EMABlock preset='mmseg')"]
+    if kind == 'LightHamHead':
+        w = state_dict['decode_head.hamburger.ham_in.conv.weight']
+        notes = [f'ham_channels={w.shape[0]}; MD_S / MD_R / steps cannot be told from the '
+                 "keys (rand_init bases are not saved): keep the upstream config's",
+                 'configs/hamnet/segnext_*.py (HamburgerBlock in ContextHead)']
+        if 'decode_head.hamburger.ham.bases' in state_dict:
+            notes.append('fixed bases saved (rand_init=False): set rand_init=False')
+        return notes
     prefix = MMSEG_HEADS[kind][0]
     keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
     notes = []
@@ -99,8 +135,20 @@ def describe_block(kind: str, state_dict: Dict) -> List[str]:
 def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
     """Convert an mmseg NL/DNL/GC segmentor state dict; returns (state dict, kind)."""
     kind = detect_kind(state_dict)
+    if kind in MMSEG_RENAMED_HEADS:
+        renames = MMSEG_RENAMED_HEADS[kind][1]
+        out = OrderedDict()
+        for k, v in state_dict.items():
+            src = next((a for a, _ in renames if k.startswith(a)), None)
+            out[k if src is None else dict(renames)[src] + k[len(src):]] = v
+        return out, kind
     prefix, block_kind, _ = MMSEG_HEADS[kind]
     return convert_block_state_dict(state_dict, block_kind, prefix, prefix), kind
+
+
+def mmseg_target_block(kind: str) -> str:
+    """The mmctx block a converted mmseg head holds."""
+    return (MMSEG_RENAMED_HEADS.get(kind) or MMSEG_HEADS[kind])[2]
 
 
 # ---------------------------------------------------------------- detection

@@ -1,0 +1,9 @@
+# The DNL paper's COCO table positions (Howal/DNL-Object-Detection): one block after
+# the residual add (before the final ReLU) of res4 block -2 ("c4"), here
+# HamburgerBlock.
+_base_ = '../_base_/det/mask-rcnn_r50-syncbn_fpn-4conv1fc_16xb4-1x_coco.py'
+model = dict(
+    backbone=dict(
+        after_add=dict(
+            block=dict(type='mmctx.HamburgerBlock', norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
+            indices=[[], [], [-2], []])))
