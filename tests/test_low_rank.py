@@ -340,3 +340,50 @@ def test_cgnl_map_is_the_kernel_averaged_over_channel_pairs():
                 for o, a in enumerate(alphas):
                     expected += a * a * torch.outer(t[c] ** o, p[c2] ** o) / (2 * 16)
     torch.testing.assert_close(maps['pairwise'][0], expected)
+
+
+# --- every low-rank block in every host: plugin, ContextHead, ContextNeck, 3-D backbone ---
+
+from mmctx.models.blocks import EMABlock, HamburgerBlock  # noqa: E402
+
+ALL = {'DoubleAttentionBlock': 'a2_block', 'GloReBlock': 'glore_block',
+       'LatentGNNBlock': 'latentgnn_block', 'CGNLBlock': 'cgnl_block',
+       'EMABlock': 'ema_block', 'HamburgerBlock': 'ham_block'}
+
+
+@pytest.mark.parametrize('name', list(ALL))
+def test_every_host_builds_and_runs_the_block(name):
+    from mmdet.registry import MODELS as DET
+    from mmengine.registry import DefaultScope
+
+    from mmctx.models.backbones import resnet3d
+    from mmctx.models.heads import ContextHead
+    from mmctx.models.necks import ContextNeck
+    cfg = dict(type=f'mmctx.{name}')
+    # an mmdet ResNet plugin (mmcv's build_plugin_layer: the block's _abbr_ as its name)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        net = DET.build(dict(type='ResNet', depth=50, base_channels=16,
+                             norm_cfg=dict(type='BN'), plugins=[dict(
+                                 cfg=cfg, stages=(False, False, True, False),
+                                 position='after_conv3')]))
+    blocks = [n for n, m in net.named_modules() if type(m).__name__ == name]
+    assert blocks and all(n.endswith(ALL[name]) for n in blocks)
+    net.eval()
+    with torch.no_grad():
+        outs = net(torch.randn(1, 3, 64, 64))
+    assert torch.isfinite(outs[-1]).all()
+    # mmctx.ContextHead and ContextNeck
+    head = ContextHead(block=cfg, in_channels=16, channels=32, num_classes=3)
+    assert type(head.block).__name__ == name and head.block_name == ALL[name]
+    assert head([torch.randn(2, 16, 6, 7)]).shape == (2, 3, 6, 7)
+    neck = ContextNeck([8, 32], cfg, levels=(-1, ))
+    assert neck([torch.randn(1, 8, 6, 6), torch.randn(1, 32, 3, 3)])[1].shape == (1, 32, 3, 3)
+    # a 3-D video backbone (dim=3 filled in)
+    bb = resnet3d.ContextResNet3d(depth=50, pretrained=None, base_channels=8,
+                                  non_local=((0, 0, 0), (1, 0, 1, 0), (0, ) * 6, (0, 0, 0)),
+                                  context_cfg=cfg)
+    bb.eval()  # mmaction's train() returns None: no chaining
+    blocks3d = [m for m in bb.modules() if type(m).__name__ == name]
+    assert len(blocks3d) == 2 and all(b.dim == 3 for b in blocks3d)
+    with torch.no_grad():
+        assert torch.isfinite(bb(torch.randn(1, 3, 4, 32, 32))).all()

@@ -43,6 +43,13 @@ MODELS = {
     'snl': ('Simplified NL', 'SimplifiedNonLocalBlock'),
     'gcnet': ('Global Context (r4)', 'GlobalContextBlock'),
     'lesa': ('LESA (unary conv + binary self-attention + gate)', 'LESABlock'),
+    'a2net': ('A² (double attention)', 'DoubleAttentionBlock'),
+    'emanet-t1': ('EMA, 1 EM iteration', 'EMABlock'),
+    'emanet-t3': ('EMA, 3 EM iterations', 'EMABlock'),
+    'glore': ('GloRe (graph reasoning)', 'GloReBlock'),
+    'latentgnn': ('LatentGNN', 'LatentGNNBlock'),
+    'cgnl': ('CGNL (dot-product kernel)', 'CGNLBlock'),
+    'hamnet': ('Hamburger (NMF)', 'HamburgerBlock'),
 }
 VARIANTS = ('global', 'paired')
 #: what each variant needs, for the report

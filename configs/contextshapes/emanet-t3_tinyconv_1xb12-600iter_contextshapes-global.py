@@ -1,0 +1,6 @@
+_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
+# EMA: 16 bases, three EM iterations (the paper's T), in the head
+model = dict(
+    decode_head=dict(
+        type='mmctx.ContextHead',
+        block=dict(type='mmctx.EMABlock', num_bases=16, num_stages=3, preset='mmseg')))
