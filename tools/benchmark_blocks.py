@@ -1,4 +1,4 @@
-"""Speed and peak memory of mmctx's NL / DNL / GC blocks against the upstream blocks.
+"""Speed and peak memory of mmctx's blocks against the upstream blocks.
 
 Compares, with the same weights and in one run:
 
@@ -8,6 +8,10 @@ Compares, with the same weights and in one run:
 * mmctx ``LESABlock`` (memory-efficient) vs its explicit path (the official
   computation): the 2-D relative form (``lesa``, batch 1) and the flattened-index
   ImageNet form (``lesa-cls``, 14×14, batch 32 as the ImageNet recipe's per-GPU batch)
+* the low-rank family (``a2``, ``ema``, ``glore``, ``latentgnn``, ``cgnl``, ``ham``; the
+  registry defaults) against mmctx's ``NonLocalBlock`` at 64×128 and 128×256, and EMA /
+  Hamburger against mmseg's ``EMAModule`` (with EMAHead's convs around it) / ``Hamburger``;
+  a second table prints the log-log slopes of time and memory over the sizes
 
 for inference (``torch.inference_mode``) and forward+backward, over a sweep of
 feature sizes, C=512 (the segmentation heads' width), batch 1. Every measurement
@@ -35,7 +39,13 @@ import subprocess
 import sys
 import time
 
-PAIRS = ('nl', 'dnl', 'gc', 'lesa', 'lesa-cls')
+#: the low-rank family, each against mmctx's NL at the same size (``lowrank-nl``) and,
+#: where one exists, its upstream implementation (mmseg EMAModule / Hamburger)
+LOW_RANK = {'a2': 'DoubleAttentionBlock', 'ema': 'EMABlock', 'glore': 'GloReBlock',
+            'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock', 'ham': 'HamburgerBlock'}
+LOW_RANK_UPSTREAM = {'ema': 'mmseg EMAModule (+ its head convs)', 'ham': 'mmseg Hamburger'}
+LOW_RANK_SIZES = ('64x128', '128x256')
+PAIRS = ('nl', 'dnl', 'gc', 'lesa', 'lesa-cls') + tuple(LOW_RANK)
 SIZES = ('32x64', '64x128', '96x192', '128x256')
 TRAIN_SIZES = ('32x64', '48x96', '64x128')
 #: LESA: ImageNet's 14×14 and stage 3 of a 1024² / 1333×800 detection input
@@ -71,6 +81,8 @@ def _build(pair: str, impl: str, channels: int, size=None):
         from mmctx.models.blocks import LESABlock
         block = LESABlock(channels, pe_size=(64, 64))
         return block if impl == 'mmctx' else _Explicit(block)
+    if pair in LOW_RANK or pair == 'lowrank-nl':
+        return _build_low_rank(pair, impl, channels)
     if pair == 'lesa-cls':  # tied to one size: the tables are made for it
         from mmctx.models.blocks import LESABlock
         block = LESABlock(channels, pe_type='classification', pe_size=size)
@@ -92,6 +104,49 @@ def _build(pair: str, impl: str, channels: int, size=None):
             p.normal_(0, 0.02)
     ours.load_state_dict(convert_block_state_dict(up.state_dict(), kind))
     return up if impl == 'upstream' else ours
+
+
+class _MMSegEMA:
+    """The part of mmseg's EMAHead that EMABlock is: ema_mid_conv → EMAModule → ReLU →
+    ema_out_conv → ReLU(identity + ·)."""
+
+    def __new__(cls, channels: int):
+        import torch
+        import torch.nn.functional as F
+        from mmcv.cnn import ConvModule
+        from mmseg.models.decode_heads.ema_head import EMAModule
+
+        class Unit(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.ema_mid_conv = ConvModule(channels, channels, 1, norm_cfg=None,
+                                               act_cfg=None)
+                self.ema_module = EMAModule(channels, 64, 3, 0.1)
+                self.ema_out_conv = ConvModule(channels, channels, 1,
+                                               norm_cfg=dict(type='BN'), act_cfg=None)
+
+            def forward(self, x):
+                y = F.relu(self.ema_module(self.ema_mid_conv(x)))
+                return F.relu(x + self.ema_out_conv(y))
+
+        return Unit()
+
+
+def _build_low_rank(pair: str, impl: str, channels: int):
+    import torch
+
+    from mmctx.registry import MODELS
+    torch.manual_seed(0)
+    if pair == 'lowrank-nl':
+        from mmctx.models.blocks import NonLocalBlock
+        return NonLocalBlock(channels, norm_cfg=dict(type='BN'))
+    if impl == 'upstream':
+        if pair == 'ema':
+            return _MMSegEMA(channels)
+        from mmseg.models.decode_heads.ham_head import Hamburger
+        return Hamburger(channels, dict(MD_R=64), norm_cfg=dict(type='GN', num_groups=32))
+    extra = dict(preset='mmseg') if pair == 'ema' else {}
+    return MODELS.build(dict(type=f'mmctx.{LOW_RANK[pair]}', in_channels=channels, **extra))
 
 
 def _rss_kib(field: str) -> int:
@@ -218,7 +273,7 @@ def report(results, flops, args) -> str:
                  lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)',
                  **{'lesa-cls': f'LESA classification form (C={LESA_CHANNELS}, batch '
                                 f'{LESA_CLS_BATCH}) vs its explicit path'})
-    for pair in args.pairs:
+    for pair in [p for p in args.pairs if p not in LOW_RANK]:
         for mode in ('inference', 'train'):
             for size in sizes_for(pair, mode, args):
                 get = lambda impl: next(r for r in results if (
@@ -232,7 +287,63 @@ def report(results, flops, args) -> str:
                     f'| {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
                     f'{fmt_t(up)} | {ratio(ours, up, "time_s")} | {fmt_m(ours)} | '
                     f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} |')
+    low = [p for p in args.pairs if p in LOW_RANK]
+    if low:
+        lines += low_rank_report(results, low, args)
     return '\n'.join(lines) + '\n'
+
+
+def _slope(a: dict, b: dict, key: str) -> str:
+    """log-log slope of ``key`` between two sizes (1 = linear in positions)."""
+    import math
+    if 'error' in a or 'error' in b or a[key] <= 0 or b[key] <= 0:
+        return 'n/a'
+    la, lb = (r['size'][0] * r['size'][1] for r in (a, b))
+    return f'{math.log(b[key] / a[key]) / math.log(lb / la):.2f}'
+
+
+def low_rank_report(results, pairs, args) -> list:
+    """The low-rank family against mmctx's NL (and mmseg's EMA / Hamburger), and the
+    log-log slopes of time and peak memory over the sizes."""
+    def get(pair, mode, size, impl='mmctx'):
+        return next((r for r in results if (r['pair'], r['mode'], tuple(r['size']),
+                                             r['impl']) == (pair, mode, size, impl)), None)
+
+    fmt_t = lambda r: '—' if r is None else r.get('error') or f'{r["time_s"] * 1e3:.1f} ms'
+    fmt_m = lambda r: '—' if r is None else r.get('error') or f'{r["peak_mib"]:.1f} MiB'
+    rat = lambda a, b, k: '—' if a is None or b is None else ratio(a, b, k)
+    sizes = args.low_rank_sizes
+    lines = ['', f'Low-rank blocks (C={args.channels}, the registry defaults; EMA: '
+             "preset 'mmseg') against mmctx's NonLocalBlock (memory-efficient) at the "
+             'same size and, where one exists, the upstream implementation:', '',
+             '| block | mode | size (positions) | time | NL time | NL / block | upstream '
+             'time | upstream / block | peak | NL peak | upstream peak |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    for pair in pairs:
+        for mode in ('inference', 'train'):
+            for size in sizes:
+                ours, nl = get(pair, mode, size), get('lowrank-nl', mode, size)
+                up = get(pair, mode, size, 'upstream')
+                lines.append(
+                    f'| {LOW_RANK[pair]} | {"forward" if mode == "inference" else "fwd+bwd"}'
+                    f' | {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
+                    f'{fmt_t(nl)} | {rat(ours, nl, "time_s")} | {fmt_t(up)} | '
+                    f'{rat(ours, up, "time_s")} | {fmt_m(ours)} | {fmt_m(nl)} | {fmt_m(up)} |')
+    if len(sizes) >= 2:
+        a, b = sizes[0], sizes[-1]
+        lines += ['', f'Log-log slopes from {a[0]}×{a[1]} to {b[0]}×{b[1]} (1.0 = linear in '
+                  'the number of positions; NL: 2 in time for the attention part):', '',
+                  '| block | time slope (forward) | time slope (fwd+bwd) | memory slope '
+                  '(fwd+bwd) |', '|---|---|---|---|']
+        for pair in pairs + ['lowrank-nl']:
+            name = LOW_RANK.get(pair, 'NonLocalBlock (reference)')
+            cells = [_slope(get(pair, m, a), get(pair, m, b), 'time_s')
+                     if get(pair, m, a) and get(pair, m, b) else 'n/a'
+                     for m in ('inference', 'train')]
+            ta, tb = get(pair, 'train', a), get(pair, 'train', b)
+            cells.append(_slope(ta, tb, 'peak_mib') if ta and tb else 'n/a')
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def sizes_for(pair: str, mode: str, args):
@@ -240,6 +351,8 @@ def sizes_for(pair: str, mode: str, args):
         return args.lesa_sizes
     if pair == 'lesa-cls':
         return [LESA_CLS_SIZE]
+    if pair in LOW_RANK or pair == 'lowrank-nl':
+        return args.low_rank_sizes
     return args.sizes if mode == 'inference' else args.train_sizes
 
 
@@ -251,7 +364,7 @@ def plot(results, path: str) -> None:
     for col, mode in enumerate(('inference', 'train')):
         for row, key in enumerate(('time_s', 'peak_mib')):
             ax = axes[row][col]
-            for pair in PAIRS:
+            for pair in [p for p in PAIRS if p not in LOW_RANK]:
                 for impl, style in (('mmctx', '-o'), ('upstream', '--x')):
                     pts = sorted((r['size'][0] * r['size'][1], r[key]) for r in results
                                  if r['pair'] == pair and r['mode'] == mode
@@ -285,6 +398,9 @@ def main(argv=None) -> int:
     parser.add_argument('--lesa-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in LESA_SIZES],
                         help='LESA sizes HxW (inference and forward+backward, C=256)')
+    parser.add_argument('--low-rank-sizes', type=parse_size, nargs='+',
+                        default=[parse_size(s) for s in LOW_RANK_SIZES],
+                        help='sizes HxW of the low-rank blocks (inference and fwd+bwd)')
     parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=list(PAIRS),
                         help='which comparisons to run (default: all)')
     parser.add_argument('--channels', type=int, default=512)
@@ -299,24 +415,33 @@ def main(argv=None) -> int:
     if args.quick:
         args.sizes = args.train_sizes = [(32, 64), (48, 96)]
         args.lesa_sizes = [(14, 14), (32, 32)]
+        args.low_rank_sizes = [(32, 64), (64, 128)]
+    args.low_rank_sizes = [tuple(s) for s in args.low_rank_sizes]
     args.sizes = [tuple(s) for s in args.sizes]
     args.train_sizes = [tuple(s) for s in args.train_sizes]
     args.lesa_sizes = [tuple(s) for s in args.lesa_sizes]
     os.makedirs(args.out_dir, exist_ok=True)
 
+    def impls(pair):
+        if pair in LOW_RANK:
+            return ('mmctx', 'upstream') if pair in LOW_RANK_UPSTREAM else ('mmctx', )
+        return ('mmctx', ) if pair == 'lowrank-nl' else ('mmctx', 'upstream')
+
+    pairs = list(args.pairs) + (['lowrank-nl'] if any(p in LOW_RANK for p in args.pairs)
+                                else [])
     specs = [dict(pair=p, impl=i, mode=m, size=s,
                   channels=LESA_CHANNELS if p.startswith('lesa') else args.channels,
                   batch=LESA_CLS_BATCH if p == 'lesa-cls' else 1,
                   repeats=args.repeats)
-             for p in args.pairs for m in ('inference', 'train')
+             for p in pairs for m in ('inference', 'train')
              for s in sizes_for(p, m, args)
-             for i in ('mmctx', 'upstream')]
+             for i in impls(p)]
     results = []
     for n, spec in enumerate(specs, 1):
         r = run_worker(spec)
         results.append(r)
         what = r.get('error') or f'{r["time_s"] * 1e3:9.1f} ms  {r["peak_mib"]:8.1f} MiB'
-        print(f'[{n:2d}/{len(specs)}] {spec["pair"]:3s} {spec["mode"]:9s} '
+        print(f'[{n:2d}/{len(specs)}] {spec["pair"]:10s} {spec["mode"]:9s} '
               f'{spec["size"][0]:3d}x{spec["size"][1]:<3d} {spec["impl"]:8s} {what}',
               flush=True)
     largest = max(args.sizes, key=lambda s: s[0] * s[1])
