@@ -94,7 +94,8 @@ def perturb(model, seed=0):
 def test_configs_found():
     names = {parse_name(p) for p in VIDEO_CONFIGS}
     assert names == {('i3d', t) for t in BLOCKS} | {('slowonly', 'nl-embedded-gaussian'),
-                                                    ('slowonly', 'dnl')}
+                                                    ('slowonly', 'dnl'), ('slowonly', 'glore'),
+                                                    ('slowonly', 'a2net')}
 
 
 @pytest.mark.parametrize('path', VIDEO_CONFIGS,
