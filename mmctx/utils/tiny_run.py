@@ -87,6 +87,31 @@ def check_tiny_run(value: Any) -> Optional[Dict[str, Any]]:
     return dict(value)
 
 
+def _move_paths(dataset: dict, data_root: str) -> None:
+    """``ann_file`` / ``data_prefix`` paths under their common folder → ``data_root``."""
+    import os.path as osp
+    prefix = dataset.get('data_prefix')
+    keys = [('ann_file', None)] + ([('data_prefix', k) for k in prefix]
+                                   if isinstance(prefix, dict) else [])
+    paths = {}
+    for key, sub in keys:
+        value = dataset.get(key) if sub is None else dataset[key].get(sub)
+        if isinstance(value, str) and value:
+            paths[(key, sub)] = value
+    if not paths:
+        return
+    values = list(paths.values())
+    common = osp.commonpath(values) if len(values) > 1 else osp.dirname(values[0])
+    if not common:
+        return
+    for (key, sub), value in paths.items():
+        moved = osp.join(data_root, osp.relpath(value, common))
+        if sub is None:
+            dataset[key] = moved
+        else:
+            dataset[key][sub] = moved
+
+
 def tiny_run(cfg, factor: int = 8, iters: int = 2, batch_size: int = 2,
              data_root: Optional[str] = None) -> Tuple[str, ...]:
     """Rewrite ``cfg`` (an mmengine ``Config``) in place for a tiny CPU run.
@@ -103,7 +128,9 @@ def tiny_run(cfg, factor: int = 8, iters: int = 2, batch_size: int = 2,
     * no pretrained weights (``pretrained`` strings and ``Pretrained`` init_cfgs off,
       ``load_from`` off): tiny runs work offline;
     * with ``data_root``, every dataset (and a COCO evaluator's ``ann_file`` under the
-      old root) points there.
+      old root) points there; a dataset without a ``data_root`` key (mmaction2's
+      Kinetics: ``ann_file`` and ``data_prefix`` paths such as
+      ``data/kinetics400/...``) has the folder its paths share replaced by it.
 
     Model widths stay as configured. Returns the lines to log.
     """
@@ -120,6 +147,8 @@ def tiny_run(cfg, factor: int = 8, iters: int = 2, batch_size: int = 2,
             sizes += _shrink_pipeline(dataset.get('pipeline'), factor)
             if data_root is not None and 'data_root' in dataset:
                 dataset['data_root'] = data_root
+            elif data_root is not None:
+                _move_paths(dataset, data_root)
     if isinstance(cfg.get('tta_pipeline', None), list):
         sizes += _shrink_pipeline(cfg.tta_pipeline, factor)
     model = cfg.get('model', {})
