@@ -75,6 +75,16 @@ def test_context_head_options():
         ContextHead(block=dict(type='GlobalContextBlock', ratio=0.5), block_after=2, **common)
     with pytest.raises(TypeError, match='block config must be a dict'):
         ContextHead(block='NonLocalBlock', **common)
+    with pytest.raises(ValueError, match='a conv must follow the block'):
+        ContextHead(block=dict(type='GloReBlock'), block_channels=12, block_after=1, **common)
+    with pytest.raises(TypeError, match='block_channels must be None or an int'):
+        ContextHead(block=dict(type='GloReBlock'), block_channels=1.5, **common)
+    # block_channels: conv 16 -> 12, block at 12, conv 12 -> 8 (mmseg's EMAHead wiring)
+    wide = ContextHead(block=dict(type='GloReBlock'), block_channels=12, concat_input=True,
+                       **common)
+    assert [(c.conv.in_channels, c.conv.out_channels) for c in wide.convs] == [(16, 12),
+                                                                               (12, 8)]
+    assert wide.block.in_channels == 12 and wide.conv_cat.conv.in_channels == 16 + 8
     head = ContextHead(block=dict(type='mmctx.SimplifiedNonLocalBlock'), block_after=1,
                        num_convs=3, **common)
     assert head.block_name == 'snl_block' and head.block.in_channels == 8
