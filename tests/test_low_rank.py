@@ -387,3 +387,25 @@ def test_every_host_builds_and_runs_the_block(name):
     assert len(blocks3d) == 2 and all(b.dim == 3 for b in blocks3d)
     with torch.no_grad():
         assert torch.isfinite(bb(torch.randn(1, 3, 4, 32, 32))).all()
+
+
+@pytest.mark.parametrize('name', list(ALL))
+def test_analysis_tools_read_the_effective_map(name):
+    """query_independence / collect_attention run on every low-rank block: the map they
+    read is the block's effective pairwise map, and its rows differ between queries."""
+    from mmctx.analysis import collect_attention, query_independence
+    torch.manual_seed(8)
+    block = MODELS.build(dict(type=f'mmctx.{name}', in_channels=16,
+                              **({'rand_init': False} if name == 'HamburgerBlock' else {})))
+    randomized(block, seed=8, scale=1.)
+    with torch.no_grad():  # BN shifts of 0: LatentGNN's ReLU'd Ψ stay position-specific
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.zero_()
+    model = torch.nn.Sequential(block).eval()
+    x = [torch.randn(1, 16, 6, 5) for _ in range(2)]
+    (rec, ) = collect_attention(model, x[0]).values()
+    _, maps = block.forward_with_attention(x[0])
+    torch.testing.assert_close(rec['pairwise'], maps['pairwise'].float())
+    (row, ) = query_independence(model, x, num_queries=8)
+    assert row['type'].startswith(name) and row['cosine_distance'] > 1e-4
