@@ -191,7 +191,7 @@ def pre_fusion(block, x):
     """What the context modeling aggregates at each position, ``(N, L, C')``."""
     if isinstance(block, LatentGNNBlock):
         f = block.features(x)
-        return block._kernel_steps(block.kernels[0], f)[3], f['value']
+        return block._kernel_steps(block.kernels[0], f)[3].transpose(1, 2), f['value']
     f = block.features(x)
     gather = block.project(f)
     desc = block.describe(f, gather)

@@ -142,7 +142,7 @@ class LatentGNNBlock(LowRankBlock):
             z = torch.bmm(v2l, value.transpose(1, 2))  # (N, d, C')
             zn = F.normalize(z, dim=-1)
             mixing = torch.bmm(zn, zn.transpose(1, 2)).softmax(dim=-1)  # (N, d, d)
-            y = torch.bmm(l2v.transpose(1, 2), torch.bmm(mixing, z))  # (N, L, C')
+            y = torch.bmm(torch.bmm(mixing, z).transpose(1, 2), l2v)  # (N, C', L)
         return v2l, mixing, l2v.transpose(1, 2), y
 
     def _forward(self, x, need_maps):
@@ -152,7 +152,7 @@ class LatentGNNBlock(LowRankBlock):
         outs, maps = [], []
         for kernel in self.kernels:
             gather, mixing, distribute, y = self._kernel_steps(kernel, f)
-            y = y.transpose(1, 2).reshape(x.shape[0], -1, *spatial).to(x.dtype)
+            y = y.reshape(x.shape[0], -1, *spatial).to(x.dtype)  # contiguous NC(H)(W)
             if kernel.graph_conv is not None:
                 y = kernel.graph_conv(y)
             outs.append(y)

@@ -94,8 +94,11 @@ class LowRankBlock(ContextBlockBase):
         gather = self.project(f)
         desc = self.interact(self.describe(f, gather), f)
         distribute = self.reproject(f, gather)
-        y = torch.bmm(distribute, desc)  # (N, L, C')
-        y = y.transpose(1, 2).reshape(x.shape[0], -1, *spatial)
+        # y_i = Σ_k distribute_ik d_k, computed as (N, C', L) = dᵀ distributeᵀ: a
+        # contiguous NC(H)(W) result (the (N, L, C') product, transposed, would be a
+        # channels-last view, on which the next conv + BN backward is ~30× slower on CPU)
+        y = torch.bmm(desc.transpose(1, 2), distribute.transpose(1, 2))
+        y = y.reshape(x.shape[0], -1, *spatial)
         out = self.fuse(x, y)
         maps = {}
         if need_maps:
