@@ -45,6 +45,10 @@ LOW_RANK = {'a2': 'DoubleAttentionBlock', 'ema': 'EMABlock', 'glore': 'GloReBloc
             'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock', 'ham': 'HamburgerBlock'}
 LOW_RANK_UPSTREAM = {'ema': 'mmseg EMAModule (+ its head convs)', 'ham': 'mmseg Hamburger'}
 LOW_RANK_SIZES = ('64x128', '128x256')
+#: measured once beside them: mmctx's NL, and a linear-time reference (1×1 conv C→C + BN +
+#: ReLU + residual add) whose slope shows what the machine's caches do to a linear op
+LOW_RANK_REFS = {'lowrank-nl': 'NonLocalBlock (reference)',
+                 'lowrank-conv': '1×1 conv + BN + ReLU + add (linear reference)'}
 PAIRS = ('nl', 'dnl', 'gc', 'lesa', 'lesa-cls') + tuple(LOW_RANK)
 SIZES = ('32x64', '64x128', '96x192', '128x256')
 TRAIN_SIZES = ('32x64', '48x96', '64x128')
@@ -81,7 +85,7 @@ def _build(pair: str, impl: str, channels: int, size=None):
         from mmctx.models.blocks import LESABlock
         block = LESABlock(channels, pe_size=(64, 64))
         return block if impl == 'mmctx' else _Explicit(block)
-    if pair in LOW_RANK or pair == 'lowrank-nl':
+    if pair in LOW_RANK or pair in LOW_RANK_REFS:
         return _build_low_rank(pair, impl, channels)
     if pair == 'lesa-cls':  # tied to one size: the tables are made for it
         from mmctx.models.blocks import LESABlock
@@ -140,6 +144,19 @@ def _build_low_rank(pair: str, impl: str, channels: int):
     if pair == 'lowrank-nl':
         from mmctx.models.blocks import NonLocalBlock
         return NonLocalBlock(channels, norm_cfg=dict(type='BN'))
+    if pair == 'lowrank-conv':
+        conv = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 1),
+                                   torch.nn.BatchNorm2d(channels), torch.nn.ReLU())
+
+        class Residual(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = conv
+
+            def forward(self, x):
+                return x + self.body(x)
+
+        return Residual()
     if impl == 'upstream':
         if pair == 'ema':
             return _MMSegEMA(channels)
@@ -264,10 +281,11 @@ def report(results, flops, args) -> str:
         f'- sgemm 4096³: **{flops["sgemm_gflops"]:.0f} GFLOP/s**; attention core (SDPA, '
         f'L={flops["attention_length"]}, d={flops["attention_dim"]}): '
         f'**{flops["attention_gflops"]:.0f} GFLOP/s = {100 * flops["attention_ratio"]:.0f}% '
-        'of sgemm**', '',
-        '| block | mode | size (positions) | mmctx time | upstream time | speed-up | '
-        'mmctx peak | upstream peak | memory ratio (upstream/mmctx) |',
-        '|---|---|---|---|---|---|---|---|---|']
+        'of sgemm**']
+    if any(p not in LOW_RANK for p in args.pairs):
+        lines += ['', '| block | mode | size (positions) | mmctx time | upstream time | '
+                  'speed-up | mmctx peak | upstream peak | memory ratio (upstream/mmctx) |',
+                  '|---|---|---|---|---|---|---|---|---|']
     names = dict(nl='NL vs mmcv NonLocal2d', dnl='DNL vs mmseg DisentangledNonLocal2d',
                  gc='GC vs mmcv ContextBlock',
                  lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)',
@@ -332,11 +350,12 @@ def low_rank_report(results, pairs, args) -> list:
     if len(sizes) >= 2:
         a, b = sizes[0], sizes[-1]
         lines += ['', f'Log-log slopes from {a[0]}×{a[1]} to {b[0]}×{b[1]} (1.0 = linear in '
-                  'the number of positions; NL: 2 in time for the attention part):', '',
+                  'the number of positions; NL: 2 in time for the attention part; the 1×1 '
+                  'conv row is what the caches make of a linear op at these sizes):', '',
                   '| block | time slope (forward) | time slope (fwd+bwd) | memory slope '
                   '(fwd+bwd) |', '|---|---|---|---|']
-        for pair in pairs + ['lowrank-nl']:
-            name = LOW_RANK.get(pair, 'NonLocalBlock (reference)')
+        for pair in pairs + list(LOW_RANK_REFS):
+            name = LOW_RANK.get(pair) or LOW_RANK_REFS[pair]
             cells = [_slope(get(pair, m, a), get(pair, m, b), 'time_s')
                      if get(pair, m, a) and get(pair, m, b) else 'n/a'
                      for m in ('inference', 'train')]
@@ -351,7 +370,7 @@ def sizes_for(pair: str, mode: str, args):
         return args.lesa_sizes
     if pair == 'lesa-cls':
         return [LESA_CLS_SIZE]
-    if pair in LOW_RANK or pair == 'lowrank-nl':
+    if pair in LOW_RANK or pair in LOW_RANK_REFS:
         return args.low_rank_sizes
     return args.sizes if mode == 'inference' else args.train_sizes
 
@@ -425,9 +444,9 @@ def main(argv=None) -> int:
     def impls(pair):
         if pair in LOW_RANK:
             return ('mmctx', 'upstream') if pair in LOW_RANK_UPSTREAM else ('mmctx', )
-        return ('mmctx', ) if pair == 'lowrank-nl' else ('mmctx', 'upstream')
+        return ('mmctx', ) if pair in LOW_RANK_REFS else ('mmctx', 'upstream')
 
-    pairs = list(args.pairs) + (['lowrank-nl'] if any(p in LOW_RANK for p in args.pairs)
+    pairs = list(args.pairs) + (list(LOW_RANK_REFS) if any(p in LOW_RANK for p in args.pairs)
                                 else [])
     specs = [dict(pair=p, impl=i, mode=m, size=s,
                   channels=LESA_CHANNELS if p.startswith('lesa') else args.channels,

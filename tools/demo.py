@@ -1,7 +1,7 @@
 """README command 1: what context blocks do, measured on ContextShapes in minutes on a CPU.
 
-    python tools/demo.py                 # 7 models x 2 variants, <= 10 min on 2 cores
-    python tools/demo.py --quick         # fewer iterations: a rough table in ~3 min
+    python tools/demo.py                 # 15 models x 2 variants, ~25-30 min on 2 cores
+    python tools/demo.py --quick         # 200 instead of 600 iterations per run
     python tools/demo.py --models baseline gcnet --variants global
 
 Generates ContextShapes (mmctx/datasets/context_shapes.py) under ``--data-root`` if
