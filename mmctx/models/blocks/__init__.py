@@ -1,7 +1,8 @@
 """Context blocks: GCNet's context modeling → transform → fusion (NL, DNL, SNL, GC, SE,
 LESA) and the low-rank family's project → interact → re-project → fuse (A², EMA,
-GloRe, LatentGNN, CGNL, Hamburger)."""
+GloRe, LatentGNN, CGNL, Hamburger) and the sparse / factorised ones (criss-cross, ...)."""
 from .cgnl import CGNLBlock
+from .criss_cross import CrissCrossBlock, convert_mmcv_criss_cross
 from .double_attention import DoubleAttentionBlock
 from .ema import EMABlock
 from .global_context import (GlobalContextBlock, SimplifiedNonLocalBlock,
@@ -19,5 +20,5 @@ __all__ = [
     'NonLocalBlock', 'DisentangledNonLocalBlock', 'PairwiseNonLocalBlock',
     'UnaryNonLocalBlock', 'PairwiseContextBlock', 'DNL_PRESETS', 'LESABlock',
     'LowRankBlock', 'DoubleAttentionBlock', 'EMABlock', 'GloReBlock', 'LatentGNNBlock',
-    'CGNLBlock', 'HamburgerBlock', 'NMFHam'
+    'CGNLBlock', 'HamburgerBlock', 'NMFHam', 'CrissCrossBlock', 'convert_mmcv_criss_cross'
 ]

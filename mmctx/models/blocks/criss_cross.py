@@ -1,0 +1,224 @@
+"""CCNet: criss-cross attention.
+
+* CCNet: Criss-Cross Attention for Semantic Segmentation (Huang et al., ICCV 2019 /
+  TPAMI 2020) — https://arxiv.org/abs/1811.11721; official code
+  ``speedinghzl/CCNet`` (``cc_attention/functions.py``, pure PyTorch), whose parameter
+  names this block keeps; mmcv ``mmcv.ops.CrissCrossAttention`` (2.1, pure PyTorch)
+  computes the same function.
+
+Each position attends only to the positions that share all but one of its coordinates:
+its row and column in 2-D (``H + W − 1`` keys), its row, column and tube in 3-D
+(``T + H + W − 2`` keys), itself counted once. In GCNet's terms:
+
+=================  ==========================================================
+projection         ``q = query_conv(x)``, ``k = key_conv(x)`` (1×1, C→C/r, with
+                   bias), ``v = value_conv(x)`` (1×1, C→C, with bias)
+context modeling   one logit per key on each axis line through ``p``:
+                   ``E_a[p, i] = q_pᵀ k_{p[a←i]}`` (no ``1/√d``), with ``E_a[p,
+                   p_a] = −∞`` (a large negative) on every axis but the last, so
+                   ``p`` itself is counted once, in the last (W) branch; **one
+                   softmax** over the concatenated branches: ``A = softmax([E_1,
+                   …, E_D])``
+aggregation        ``o_p = Σ_a Σ_i A_a[p, i] v_{p[a←i]}``
+fusion             ``y = x + γ·o``, scalar ``γ`` initialised to 0 (identity at init)
+recurrence         ``recurrence`` R applies the whole step R times with the same
+                   weights and γ (the RCCA module: R = 2, full-image context)
+=================  ==========================================================
+
+``p[a←i]`` is ``p`` with its coordinate on axis ``a`` replaced by ``i``.
+
+Note:
+    * The excluded diagonal is *set* to ``torch.finfo(fp32).min`` (not ``-inf`` added
+      as in the official code and mmcv): it has the same softmax (exactly 0 weight),
+      exports to ONNX and cannot make a NaN. Logits, softmax and aggregation run in
+      fp32 with autocast disabled (fp64 inputs stay fp64); the 1×1 convolutions follow
+      autocast.
+    * 1-D inputs are refused: on a single axis the "criss-cross" is the whole line,
+      i.e. a non-local block (use :class:`~mmctx.models.blocks.NonLocalBlock`).
+
+Checkpoints: the official CCNet ``CrissCrossAttention`` keys (``query_conv``,
+``key_conv``, ``value_conv``, ``gamma`` of shape ``(1,)``) load as they are; mmcv's
+need :func:`convert_mmcv_criss_cross` (``gamma.scale`` of shape ``()`` → ``gamma``).
+"""
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Tuple
+
+import torch
+import torch.nn as nn
+
+from ...registry import MODELS
+from ._base import ContextBlockBase, check_int, no_autocast, pointwise, upcast
+
+
+def _axis_last(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """``(N, C, *S)`` → ``(N, *S without axis, S_axis, C)``: lines along ``axis``."""
+    return t.movedim(1, -1).movedim(1 + axis, -2)
+
+
+def _diagonal_mask(size: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(size, dtype=torch.bool, device=device)
+
+
+def criss_cross_logits(q: torch.Tensor, k: torch.Tensor) -> List[torch.Tensor]:
+    """The per-axis logits ``E_a`` ``(N, *S, S_a)``, the diagonal masked on every axis
+    but the last. ``q``, ``k``: ``(N, d, *S)``, in the dtype the logits should have."""
+    dim = q.dim() - 2
+    neg = torch.finfo(q.dtype).min
+    logits = []
+    for axis in range(dim):
+        qa, ka = _axis_last(q, axis), _axis_last(k, axis)  # (N, *others, S_a, d)
+        e = qa @ ka.transpose(-1, -2)  # (N, *others, S_a query, S_a key)
+        if axis < dim - 1:
+            e = e.masked_fill(_diagonal_mask(e.shape[-1], e.device), neg)
+        logits.append(e.movedim(-2, 1 + axis))  # (N, *S, S_a)
+    return logits
+
+
+def criss_cross_aggregate(attn: List[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+    """``o_p = Σ_a Σ_i A_a[p, i] v_{p[a←i]}``: ``attn[a]`` ``(N, *S, S_a)``, ``v``
+    ``(N, C, *S)`` → ``(N, C, *S)``."""
+    out = 0
+    for axis, a in enumerate(attn):
+        aa = a.movedim(1 + axis, -2)  # (N, *others, S_a query, S_a key)
+        o = aa @ _axis_last(v, axis)  # (N, *others, S_a, C)
+        out = out + o.movedim(-2, 1 + axis).movedim(-1, 1)  # (N, C, *S)
+    return out
+
+
+def criss_cross_dense(attn: List[torch.Tensor]) -> torch.Tensor:
+    """The sparse criss-cross weights written into a dense ``(N, L, L)`` map (rows:
+    query positions, columns: key positions, both flattened row-major)."""
+    n, spatial = attn[0].shape[0], tuple(attn[0].shape[1:-1])
+    length = 1
+    for s in spatial:
+        length *= s
+    device = attn[0].device
+    grid = torch.arange(length, device=device).reshape(spatial)
+    dense = attn[0].new_zeros(n, length, length)
+    for axis, a in enumerate(attn):
+        size = spatial[axis]
+        lines = grid.movedim(axis, -1).unsqueeze(-2)  # (*others, 1, S_a key)
+        lines = lines.expand(*lines.shape[:-2], size, size).movedim(-2, axis)  # (*S, S_a)
+        index = lines.reshape(1, length, size).expand(n, -1, -1)
+        dense.scatter_add_(2, index, a.reshape(n, length, size))
+    return dense
+
+
+@MODELS.register_module()
+class CrissCrossBlock(ContextBlockBase):
+    """Criss-cross attention (CCNet's CCA; RCCA with ``recurrence=2``).
+
+    Args:
+        in_channels: input channels C.
+        reduction: query/key width is ``C // reduction`` (the official and mmcv C/8);
+            must leave at least one channel.
+        recurrence: how many times the step is applied with the same weights.
+            1 is one CCA module (mmcv's ``CrissCrossAttention``); the RCCA head and
+            mmseg's ``CCHead`` use 2 (each pass has its own residual ``+ x``, as
+            the official loop ``for i in range(R): out = cca(out)``).
+        dim: spatial rank of the input, 2 ``(N, C, H, W)`` or 3 ``(N, C, T, H, W)``.
+
+    Shape:
+        ``(N, C, *S)`` → ``(N, C, *S)``.
+    """
+
+    _abbr_ = 'cc_block'
+
+    def __init__(self, in_channels: int, reduction: int = 8, recurrence: int = 1,
+                 dim: int = 2) -> None:
+        super().__init__(in_channels, dim)
+        if dim == 1:
+            raise ValueError(
+                'CrissCrossBlock needs dim=2 or 3: on one axis the criss-cross is the '
+                'whole line, i.e. full attention; use NonLocalBlock(dim=1), got dim=1')
+        self.reduction = check_int('reduction', reduction)
+        self.inter_channels = in_channels // reduction
+        if self.inter_channels < 1:
+            raise ValueError(f'reduction={reduction} leaves 0 query/key channels for '
+                             f'in_channels={in_channels}; use reduction <= {in_channels}')
+        self.recurrence = check_int('recurrence', recurrence)
+        self.query_conv = pointwise(dim, in_channels, self.inter_channels)
+        self.key_conv = pointwise(dim, in_channels, self.inter_channels)
+        self.value_conv = pointwise(dim, in_channels, in_channels)
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """As the official code and mmcv: PyTorch's default conv init, ``γ = 0``."""
+        for conv in (self.query_conv, self.key_conv, self.value_conv):
+            conv.reset_parameters()
+        nn.init.zeros_(self.gamma)
+
+    def attention(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """One pass's weights ``A_a`` ``(N, *S, S_a)`` (fp32 or fp64; they sum to 1
+        over all branches) and the values ``(N, C, *S)``."""
+        q, k, v = self.query_conv(x), self.key_conv(x), self.value_conv(x)
+        with no_autocast(x):
+            logits = criss_cross_logits(upcast(q), upcast(k))
+            sizes = [e.shape[-1] for e in logits]
+            attn = torch.cat(logits, dim=-1).softmax(dim=-1)  # (N, *S, ΣS_a)
+        return list(attn.split(sizes, dim=-1)), v
+
+    def step(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """One pass ``x + γ·o`` and its weights."""
+        attn, v = self.attention(x)
+        with no_autocast(x):
+            out = criss_cross_aggregate(attn, upcast(v).to(attn[0].dtype))
+        return x + (self.gamma * out).to(x.dtype), attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Memory ``O(L·ΣS_a)``: no ``L×L`` map is formed."""
+        self.check_input(x)
+        for _ in range(self.recurrence):
+            x = self.step(x)[0]
+        return x
+
+    def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict]:
+        """The output and ``{'pairwise': (N, L, L)}``: the criss-cross weights written
+        into a dense map, zero off each position's row/column (tube).
+
+        With ``recurrence > 1`` the map is the **last** pass's, the one applied to the
+        previous pass's output ``x_{R−1}``: ``out = x_{R−1} + γ·(M v(x_{R−1}))``. (The
+        composed R-hop map ``M_R ⋯ M_1`` is not what the block computes, since every
+        pass adds its input and applies ``value_conv``.)
+        """
+        self.check_input(x)
+        for _ in range(self.recurrence):
+            x, attn = self.step(x)
+        return x, {'pairwise': criss_cross_dense(attn)}
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, reduction={self.reduction}, '
+                f'recurrence={self.recurrence}')
+
+
+def convert_mmcv_criss_cross(state_dict: Mapping[str, torch.Tensor],
+                             prefix_in: str = '',
+                             prefix_out: str = '') -> 'OrderedDict[str, torch.Tensor]':
+    """Keys of mmcv's ``CrissCrossAttention`` under ``prefix_in`` → ``CrissCrossBlock``
+    keys under ``prefix_out``.
+
+    ===========================  ==========================
+    mmcv                         mmctx
+    ===========================  ==========================
+    ``query_conv.weight/bias``   unchanged
+    ``key_conv.weight/bias``     unchanged
+    ``value_conv.weight/bias``   unchanged
+    ``gamma.scale`` (shape ())   ``gamma`` (shape (1,))
+    ===========================  ==========================
+
+    Keys outside ``prefix_in`` are copied unchanged, so the function can be applied
+    block by block to a whole model's state dict (e.g. mmseg ``CCHead``:
+    ``prefix_in='decode_head.cca.'``).
+    """
+    out: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
+    for key, value in state_dict.items():
+        if not key.startswith(prefix_in):
+            out[key] = value
+            continue
+        rest = key[len(prefix_in):]
+        if rest == 'gamma.scale':
+            out[prefix_out + 'gamma'] = value.reshape(1)
+        else:
+            out[prefix_out + rest] = value
+    return out
