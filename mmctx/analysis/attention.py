@@ -32,7 +32,8 @@ from .terms import block_statistics, find_term_function, term_contributions
 
 ImageLike = Union[str, np.ndarray]
 #: entries of a ``collect_attention`` record that are not attention terms
-NON_TERM_KEYS = ('shape', 'key_shape', 'input', 'output', 'statistics')
+#: record keys that are not maps over positions ('channel': DANet's C×C channel map)
+NON_TERM_KEYS = ('shape', 'key_shape', 'input', 'output', 'statistics', 'channel')
 #: refuse explicit maps larger than this many elements per block (fp32: 4 bytes each)
 MAX_MAP_ELEMENTS = 1 << 28
 
@@ -388,7 +389,10 @@ def query_independence(model: nn.Module, images, num_queries: int = 64, seed: in
                 continue
             pick = valid[torch.randperm(valid.numel(), generator=gen)[:num_queries]]
             pick = pick.sort().values
-            amap = effective_map(block, rec)[0]  # (Lq or 1, Lk)
+            amap = effective_map(block, rec)
+            if amap is None:  # no map over positions (e.g. DANet's channel attention alone)
+                continue
+            amap = amap[0]  # (Lq or 1, Lk)
             rows = amap[pick] if amap.shape[0] > 1 else amap.expand(len(pick), -1)
             stats = dict(cosine_distance=mean_cosine_distance(rows),
                          js_divergence=mean_js_divergence(rows))
