@@ -60,7 +60,7 @@ def test_config_builds_and_runs_forward(path):
                     'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
                     'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock',
                     'emanet': 'EMABlock', 'hamnet': 'HamburgerBlock',
-                    'segnext': 'HamburgerBlock'}
+                    'segnext': 'HamburgerBlock', 'ccnet': 'CrissCrossBlock'}
         algo = next(k for k in expected if name.split('_')[0].startswith(k))
         assert type(head.block).__name__ == expected[algo]
         if 'depth' in cfg.model.backbone:
@@ -125,6 +125,8 @@ UPSTREAM = {
                 'configs/dnl/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
     'GCHead': ('mmseg::gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py',
                'configs/gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    'CCHead': ('mmseg::ccnet/ccnet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+               'configs/ccnet/ccnet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
     'EMAHead': ('mmseg::emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
                 'configs/emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
     'LightHamHead': ('mmseg::segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py',

@@ -1,10 +1,10 @@
-"""Convert a released mmseg NL/DNL/GC/EMA/LightHam, mmdet GCNet, mmaction2 NL or official LESA checkpoint to mmctx.
+"""Convert a released mmseg NL/DNL/GC/EMA/LightHam/CC, mmdet GCNet, mmaction2 NL or official LESA checkpoint to mmctx.
 
     python tools/convert_upstream.py SRC.pth DST.pth [--backbone-only]
 
 The kind is detected from the keys; the output loads (strictly) into the matching
 mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py,
-configs/gcnet/gcnet_*.py, configs/emanet/emanet_*.py (EMAHead) or
+configs/gcnet/gcnet_*.py, configs/ccnet/ccnet_*.py (CCHead), configs/emanet/emanet_*.py (EMAHead) or
 configs/hamnet/segnext_*.py (SegNeXt's LightHamHead) with the same name as the upstream
 config;
 for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), the

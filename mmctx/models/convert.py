@@ -66,6 +66,15 @@ MMSEG_RENAMED_HEADS = {
     ], 'mmctx.HamburgerBlock'),
 }
 
+#: heads whose block converts with its own function -> (a key that identifies the head,
+#: upstream prefix, mmctx prefix, mmctx block). CCHead: an FCNHead with mmcv's
+#: CrissCrossAttention ``cca`` (applied ``recurrence`` times) = ContextHead with
+#: CrissCrossBlock(recurrence=...) (``gamma.scale`` → ``gamma``).
+MMSEG_FUNCTION_HEADS = {
+    'CCHead': ('decode_head.cca.gamma.scale', 'decode_head.cca.', 'decode_head.cc_block.',
+               'mmctx.CrissCrossBlock'),
+}
+
 #: mmdet ResNet plugin -> (key pattern, block-level kind, mmctx block, its module name)
 MMDET_PLUGINS = {
     'ContextBlock': (re.compile(r'^(backbone\.layer\d+\.\d+\.)context_block\.'),
@@ -84,6 +93,7 @@ def detect_kind(state_dict: Dict) -> str:
     found = [kind for kind, (prefix, _, _) in MMSEG_HEADS.items()
              if any(k.startswith(prefix) for k in state_dict)]
     found += [kind for kind, (key, _, _) in MMSEG_RENAMED_HEADS.items() if key in state_dict]
+    found += [kind for kind, (key, *_) in MMSEG_FUNCTION_HEADS.items() if key in state_dict]
     if len(found) == 1:
         return found[0]
     if not found:
@@ -92,6 +102,7 @@ def detect_kind(state_dict: Dict) -> str:
             'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint (looked '
             f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}), no '
             f'EMAHead / LightHamHead ({[k for k, _, _ in MMSEG_RENAMED_HEADS.values()]}), no '
+            f'CCHead ({[k for k, *_ in MMSEG_FUNCTION_HEADS.values()]}), no '
             'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
             'context_block.*), no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
             'non_local_block.*) and no official LESA module (keys [backbone.]layer<i>.<j>.'
@@ -106,6 +117,10 @@ def describe_block(kind: str, state_dict: Dict) -> List[str]:
         return [f'ema_channels={bases.shape[1]} (block_channels), num_bases={bases.shape[2]};'
                 ' num_stages / momentum cannot be told from the keys: keep the upstream '
                 "config's", "configs/emanet/emanet_*.py (EMABlock preset='mmseg')"]
+    if kind == 'CCHead':
+        return ['the recurrence (mmseg default 2) cannot be told from the keys: keep the '
+                "upstream config's", 'configs/ccnet/ccnet_*.py (CrissCrossBlock in '
+                'ContextHead)']
     if kind == 'LightHamHead':
         w = state_dict['decode_head.hamburger.ham_in.conv.weight']
         notes = [f'ham_channels={w.shape[0]}; MD_S / MD_R / steps cannot be told from the '
@@ -135,6 +150,10 @@ def describe_block(kind: str, state_dict: Dict) -> List[str]:
 def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
     """Convert an mmseg NL/DNL/GC segmentor state dict; returns (state dict, kind)."""
     kind = detect_kind(state_dict)
+    if kind == 'CCHead':
+        from .blocks.criss_cross import convert_mmcv_criss_cross
+        _, src, dst, _ = MMSEG_FUNCTION_HEADS[kind]
+        return OrderedDict(convert_mmcv_criss_cross(state_dict, src, dst)), kind
     if kind in MMSEG_RENAMED_HEADS:
         renames = MMSEG_RENAMED_HEADS[kind][1]
         out = OrderedDict()
@@ -148,6 +167,8 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
 
 def mmseg_target_block(kind: str) -> str:
     """The mmctx block a converted mmseg head holds."""
+    if kind in MMSEG_FUNCTION_HEADS:
+        return MMSEG_FUNCTION_HEADS[kind][3]
     return (MMSEG_RENAMED_HEADS.get(kind) or MMSEG_HEADS[kind])[2]
 
 
