@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SMOKE_CONFIG = osp.join(
@@ -40,6 +41,39 @@ def tiny_cityscapes(tmp_path_factory):
     from mmctx.testing import make_cityscapes
     return make_cityscapes(str(tmp_path_factory.mktemp('cityscapes')),
                            splits=dict(train=4, val=2), size=(96, 192))
+
+
+def conv1x1(x, conv):
+    """A 1×1 conv of any rank written as a matmul over channels (the test
+    re-statements' own, independent of the blocks' code)."""
+    w = conv.weight.reshape(conv.weight.shape[0], -1)
+    out = torch.einsum('oc,nc...->no...', w, x)
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, *([1] * (x.dim() - 2)))
+    return out
+
+
+def bn(x, m):
+    """A BN of any rank written out: train mode (batch statistics, biased variance) or
+    eval (running statistics)."""
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if m.training:
+        mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+    else:
+        mean, var = m.running_mean.view(shape), m.running_var.view(shape)
+    return (x - mean) / torch.sqrt(var + m.eps) * m.weight.view(shape) + m.bias.view(shape)
+
+
+def largest_saved_for_backward(fn, x) -> int:
+    """The largest tensor (elements) autograd saves for backward while ``fn(x)`` runs;
+    ``fn(x).sum()`` is then backpropagated (so recomputation paths run too)."""
+    from torch.autograd.graph import saved_tensors_hooks
+    sizes = [0]
+    with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        out = fn(x)
+    out.sum().backward()
+    return max(sizes)
 
 
 def scalars(work_dir: str) -> list:

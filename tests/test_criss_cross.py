@@ -262,19 +262,11 @@ def test_fully_masked_branch(dim, size):
 def test_forward_keeps_no_dense_map_for_backward():
     """What autograd saves on ``forward``: the L·(H+W−1) criss-cross logits (about), never
     an L×L map."""
-    from torch.autograd.graph import saved_tensors_hooks
+    from .conftest import largest_saved_for_backward
     torch.manual_seed(0)
     block = CrissCrossBlock(16)
     torch.nn.init.constant_(block.gamma, 0.5)
     x = torch.randn(1, 16, 24, 20, requires_grad=True)
     dense = 24 * 20 * 24 * 20
-
-    def largest(fn):
-        sizes = [0]
-        with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            out = fn(x)
-        out.sum().backward()
-        return max(sizes)
-
-    saved = largest(block)
+    saved = largest_saved_for_backward(block, x)
     assert 24 * 20 * (24 + 20 - 1) <= saved < dense / 8  # the logits, not the map

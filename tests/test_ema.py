@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from mmctx.models.blocks.ema import EMABlock
 from mmctx.registry import MODELS
 
+from .conftest import bn, conv1x1
+
 PRESETS = ('official', 'mmseg')
 SHAPES = {1: (2, 16, 7), 2: (2, 16, 5, 6), 3: (2, 16, 3, 4, 5)}
 
@@ -33,24 +35,6 @@ def randomized(block, seed=0):
 
 
 # --- the re-statement of the equations (REFERENCE-2 §A.5) ---------------------------
-
-def conv1x1(x, conv):
-    """A 1×1 conv of any rank as a sum over input channels."""
-    out = torch.einsum('oc,nc...->no...', conv.weight.reshape(conv.weight.shape[0], -1), x)
-    if conv.bias is not None:
-        out = out + conv.bias.view(1, -1, *([1] * (x.dim() - 2)))
-    return out
-
-
-def bn(x, m):
-    """A BN of any rank: train (batch statistics) or eval (running statistics)."""
-    dims, shape = [0] + list(range(2, x.dim())), [1, -1] + [1] * (x.dim() - 2)
-    if m.training:
-        mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
-    else:
-        mean, var = m.running_mean.view(shape), m.running_var.view(shape)
-    return (x - mean) / torch.sqrt(var + m.eps) * m.weight.view(shape) + m.bias.view(shape)
-
 
 def restated_em(mid, bases, num_stages, preset):
     """Per sample: T times z = softmax_K(Xᵀμ); z̄ = z / Σ_L z; μ = ℓ2_C(X z̄).

@@ -8,20 +8,13 @@ from mmctx.models.blocks import hamburger as ham_module
 from mmctx.models.blocks.hamburger import HamburgerBlock, NMFHam, random_bases
 from mmctx.registry import MODELS
 
+from .conftest import conv1x1
+
 SHAPES = {1: (2, 8, 7), 2: (2, 8, 3, 5), 3: (2, 8, 2, 3, 4)}
 EPS = 1e-6
 
 
 # --- re-statements (written from the paper / REFERENCE-2 §A.7, not from the code) -------
-
-def conv1x1(x, conv):
-    """A 1×1 conv of any rank as a matmul over channels."""
-    w = conv.weight.reshape(conv.weight.shape[0], -1)
-    out = torch.einsum('oc,nc...->no...', w, x)
-    if conv.bias is not None:
-        out = out + conv.bias.view(1, -1, *([1] * (x.dim() - 2)))
-    return out
-
 
 def group_norm(x, m):
     n, c = x.shape[:2]

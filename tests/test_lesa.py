@@ -281,22 +281,14 @@ def test_efficient_equals_explicit_classification(train, chunk):
 def test_efficient_path_keeps_no_attention_map_for_backward(pe_type):
     """What autograd saves on the memory-efficient path: nothing of L×L per head (the
     explicit path saves several such maps)."""
-    from torch.autograd.graph import saved_tensors_hooks
+    from .conftest import largest_saved_for_backward as largest
     torch.manual_seed(3)
     block = LESABlock(16, num_heads=2, pe_type=pe_type, pe_size=(12, 10)).train()
     block.chunk_elements = 2 * 2 * 120 * 16  # 16 queries per chunk
     x = torch.randn(2, 16, 12, 10, requires_grad=True)
     map_size = 2 * 2 * 120 * 120
-
-    def largest(fn):
-        sizes = [0]
-        with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            out = fn(x)
-        out.sum().backward()
-        return max(sizes)
-
-    assert largest(block) < map_size / 4
-    assert largest(lambda t: block.forward_with_attention(t)[0]) >= map_size
+    assert largest(block, x) < map_size / 4
+    assert largest(lambda t: block.forward_with_attention(t)[0], x) >= map_size
 
 
 def test_registry_default_any_size_and_every_parameter_learns():
@@ -919,3 +911,17 @@ def test_lesa_mask_rcnn_trains_on_tiny_coco_with_tiny_run(tmp_path):
     out = python('tools/test.py', config, osp.join(work_dir, 'epoch_1.pth'), '--work-dir',
                  str(tmp_path / 'test'), *opts)
     assert 'coco/bbox_mAP' in out.stdout + out.stderr
+
+
+def test_lesa_in_context_neck():
+    """The LESA neck: mmctx.ContextNeck runs the block on the chosen level only."""
+    from mmctx.models.necks import ContextNeck
+    torch.manual_seed(13)
+    neck = ContextNeck([8, 32], dict(type='mmctx.LESABlock', pe_size=6), levels=(-1, ))
+    neck.eval()
+    feats = [torch.randn(1, 8, 10, 10), torch.randn(1, 32, 5, 7)]
+    with torch.no_grad():
+        out = neck(feats)
+        assert out[0] is feats[0]
+        torch.testing.assert_close(out[1], neck.blocks['1'](feats[1]))
+    assert type(neck.blocks['1']).__name__ == 'LESABlock'

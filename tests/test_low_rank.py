@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from mmctx.models.blocks import CGNLBlock, DoubleAttentionBlock, GloReBlock, LatentGNNBlock
 from mmctx.registry import MODELS
 
+from .conftest import bn, conv1x1
+
 BLOCKS = [DoubleAttentionBlock, GloReBlock, LatentGNNBlock, CGNLBlock]
 SHAPES = {1: (2, 16, 7), 2: (2, 16, 5, 6), 3: (2, 16, 3, 4, 5)}
 
@@ -26,26 +28,6 @@ def randomized(block, seed=0, scale=0.3):
             elif name.endswith('running_var'):
                 b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + 0.5)
     return block
-
-
-def conv1x1(x, conv):
-    """A 1×1 conv of any rank written as a matmul over channels."""
-    w = conv.weight.reshape(conv.weight.shape[0], -1)
-    out = torch.einsum('oc,nc...->no...', w, x)
-    if conv.bias is not None:
-        out = out + conv.bias.view(1, -1, *([1] * (x.dim() - 2)))
-    return out
-
-
-def bn(x, m):
-    """A BN of any rank: eval (running statistics) or train (batch statistics)."""
-    dims = [0] + list(range(2, x.dim()))
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    if m.training:
-        mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
-    else:
-        mean, var = m.running_mean.view(shape), m.running_var.view(shape)
-    return (x - mean) / torch.sqrt(var + m.eps) * m.weight.view(shape) + m.bias.view(shape)
 
 
 # --- A² --------------------------------------------------------------------------------

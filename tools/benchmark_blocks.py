@@ -110,30 +110,28 @@ def _build(pair: str, impl: str, channels: int, size=None):
     return up if impl == 'upstream' else ours
 
 
-class _MMSegEMA:
+def _mmseg_ema(channels: int):
     """The part of mmseg's EMAHead that EMABlock is: ema_mid_conv → EMAModule → ReLU →
     ema_out_conv → ReLU(identity + ·)."""
+    import torch
+    import torch.nn.functional as F
+    from mmcv.cnn import ConvModule
+    from mmseg.models.decode_heads.ema_head import EMAModule
 
-    def __new__(cls, channels: int):
-        import torch
-        import torch.nn.functional as F
-        from mmcv.cnn import ConvModule
-        from mmseg.models.decode_heads.ema_head import EMAModule
+    class Unit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ema_mid_conv = ConvModule(channels, channels, 1, norm_cfg=None,
+                                           act_cfg=None)
+            self.ema_module = EMAModule(channels, 64, 3, 0.1)
+            self.ema_out_conv = ConvModule(channels, channels, 1,
+                                           norm_cfg=dict(type='BN'), act_cfg=None)
 
-        class Unit(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.ema_mid_conv = ConvModule(channels, channels, 1, norm_cfg=None,
-                                               act_cfg=None)
-                self.ema_module = EMAModule(channels, 64, 3, 0.1)
-                self.ema_out_conv = ConvModule(channels, channels, 1,
-                                               norm_cfg=dict(type='BN'), act_cfg=None)
+        def forward(self, x):
+            y = F.relu(self.ema_module(self.ema_mid_conv(x)))
+            return F.relu(x + self.ema_out_conv(y))
 
-            def forward(self, x):
-                y = F.relu(self.ema_module(self.ema_mid_conv(x)))
-                return F.relu(x + self.ema_out_conv(y))
-
-        return Unit()
+    return Unit()
 
 
 def _build_low_rank(pair: str, impl: str, channels: int):
@@ -159,7 +157,7 @@ def _build_low_rank(pair: str, impl: str, channels: int):
         return Residual()
     if impl == 'upstream':
         if pair == 'ema':
-            return _MMSegEMA(channels)
+            return _mmseg_ema(channels)
         from mmseg.models.decode_heads.ham_head import Hamburger
         return Hamburger(channels, dict(MD_R=64), norm_cfg=dict(type='GN', num_groups=32))
     extra = dict(preset='mmseg') if pair == 'ema' else {}

@@ -37,11 +37,19 @@ import torch
 
 from .blocks.convert import convert_block_state_dict
 
-#: head kind -> (block prefix in the upstream model, block-level kind, mmctx block)
+#: head kind -> (block prefix in the upstream model, block-level kind, mmctx block,
+#: block prefix in mmctx's ContextHead). CCHead is an FCNHead with mmcv's
+#: CrissCrossAttention ``cca`` applied ``recurrence`` times = ContextHead with
+#: CrissCrossBlock(recurrence=...).
 MMSEG_HEADS = {
-    'NLHead': ('decode_head.nl_block.', 'mmcv_nonlocal', 'mmctx.NonLocalBlock'),
-    'DNLHead': ('decode_head.dnl_block.', 'mmseg_dnl', 'mmctx.DisentangledNonLocalBlock'),
-    'GCHead': ('decode_head.gc_block.', 'mmcv_context_block', 'mmctx.GlobalContextBlock'),
+    'NLHead': ('decode_head.nl_block.', 'mmcv_nonlocal', 'mmctx.NonLocalBlock',
+               'decode_head.nl_block.'),
+    'DNLHead': ('decode_head.dnl_block.', 'mmseg_dnl', 'mmctx.DisentangledNonLocalBlock',
+                'decode_head.dnl_block.'),
+    'GCHead': ('decode_head.gc_block.', 'mmcv_context_block', 'mmctx.GlobalContextBlock',
+               'decode_head.gc_block.'),
+    'CCHead': ('decode_head.cca.', 'mmcv_criss_cross', 'mmctx.CrissCrossBlock',
+               'decode_head.cc_block.'),
 }
 
 
@@ -66,15 +74,6 @@ MMSEG_RENAMED_HEADS = {
     ], 'mmctx.HamburgerBlock'),
 }
 
-#: heads whose block converts with its own function -> (a key that identifies the head,
-#: upstream prefix, mmctx prefix, mmctx block). CCHead: an FCNHead with mmcv's
-#: CrissCrossAttention ``cca`` (applied ``recurrence`` times) = ContextHead with
-#: CrissCrossBlock(recurrence=...) (``gamma.scale`` → ``gamma``).
-MMSEG_FUNCTION_HEADS = {
-    'CCHead': ('decode_head.cca.gamma.scale', 'decode_head.cca.', 'decode_head.cc_block.',
-               'mmctx.CrissCrossBlock'),
-}
-
 #: mmdet ResNet plugin -> (key pattern, block-level kind, mmctx block, its module name)
 MMDET_PLUGINS = {
     'ContextBlock': (re.compile(r'^(backbone\.layer\d+\.\d+\.)context_block\.'),
@@ -90,19 +89,17 @@ class ConversionError(ValueError):
 
 def detect_kind(state_dict: Dict) -> str:
     """Which upstream head a segmentor state dict holds, from its keys."""
-    found = [kind for kind, (prefix, _, _) in MMSEG_HEADS.items()
+    found = [kind for kind, (prefix, *_) in MMSEG_HEADS.items()
              if any(k.startswith(prefix) for k in state_dict)]
     found += [kind for kind, (key, _, _) in MMSEG_RENAMED_HEADS.items() if key in state_dict]
-    found += [kind for kind, (key, *_) in MMSEG_FUNCTION_HEADS.items() if key in state_dict]
     if len(found) == 1:
         return found[0]
     if not found:
         prefixes = sorted({'.'.join(k.split('.')[:2]) for k in state_dict})[:12]
         raise ConversionError(
-            'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint (looked '
-            f'for keys starting with {[p for p, _, _ in MMSEG_HEADS.values()]}), no '
+            'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint, nor a '
+            f'CCHead (looked for keys starting with {[p for p, *_ in MMSEG_HEADS.values()]}), no '
             f'EMAHead / LightHamHead ({[k for k, _, _ in MMSEG_RENAMED_HEADS.values()]}), no '
-            f'CCHead ({[k for k, *_ in MMSEG_FUNCTION_HEADS.values()]}), no '
             'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
             'context_block.*), no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
             'non_local_block.*) and no official LESA module (keys [backbone.]layer<i>.<j>.'
@@ -150,10 +147,6 @@ def describe_block(kind: str, state_dict: Dict) -> List[str]:
 def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
     """Convert an mmseg NL/DNL/GC segmentor state dict; returns (state dict, kind)."""
     kind = detect_kind(state_dict)
-    if kind == 'CCHead':
-        from .blocks.criss_cross import convert_mmcv_criss_cross
-        _, src, dst, _ = MMSEG_FUNCTION_HEADS[kind]
-        return OrderedDict(convert_mmcv_criss_cross(state_dict, src, dst)), kind
     if kind in MMSEG_RENAMED_HEADS:
         renames = MMSEG_RENAMED_HEADS[kind][1]
         out = OrderedDict()
@@ -161,14 +154,12 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
             src = next((a for a, _ in renames if k.startswith(a)), None)
             out[k if src is None else dict(renames)[src] + k[len(src):]] = v
         return out, kind
-    prefix, block_kind, _ = MMSEG_HEADS[kind]
-    return convert_block_state_dict(state_dict, block_kind, prefix, prefix), kind
+    src, block_kind, _, dst = MMSEG_HEADS[kind]
+    return convert_block_state_dict(state_dict, block_kind, src, dst), kind
 
 
 def mmseg_target_block(kind: str) -> str:
     """The mmctx block a converted mmseg head holds."""
-    if kind in MMSEG_FUNCTION_HEADS:
-        return MMSEG_FUNCTION_HEADS[kind][3]
     return (MMSEG_RENAMED_HEADS.get(kind) or MMSEG_HEADS[kind])[2]
 
 

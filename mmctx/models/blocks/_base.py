@@ -27,6 +27,12 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be a bool, got {type(value).__name__} {value!r}')
+    return value
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     if value not in choices:
         raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')

@@ -39,8 +39,8 @@ import torch
 import torch.nn as nn
 
 from ...registry import MODELS
-from ._base import check_choice, check_int, no_autocast, pointwise, upcast
-from .low_rank import LowRankBlock, check_bool
+from ._base import check_bool, check_choice, check_int, no_autocast, pointwise, upcast
+from .low_rank import LowRankBlock
 
 KERNELS = ('dot', 'gaussian')
 

@@ -14,6 +14,9 @@ mmcv ``NonLocal1d/2d/3d``     ``NonLocalBlock``                ``g.conv.w`` → 
 mmseg ``DisentangledNonLocal  ``DisentangledNonLocalBlock``    as NonLocal, plus
 2d``                          (preset ``'mmseg'``)             ``conv_mask`` unchanged
 mmcv ``ContextBlock``         ``GlobalContextBlock``           none
+mmcv ``CrissCrossAttention``  ``CrissCrossBlock``              ``gamma.scale`` (shape
+                                                               ``()``) → ``gamma``
+                                                               (shape ``(1,)``)
 ============================  ===============================  =====================
 """
 import re
@@ -22,7 +25,7 @@ from typing import Dict
 
 import torch
 
-KINDS = ('mmcv_nonlocal', 'mmseg_dnl', 'mmcv_context_block')
+KINDS = ('mmcv_nonlocal', 'mmseg_dnl', 'mmcv_context_block', 'mmcv_criss_cross')
 
 _NONLOCAL_RULES = [
     (re.compile(r'^(g|theta|phi)\.(?:0\.)?conv\.(weight|bias)$'), r'\1.\2'),
@@ -33,6 +36,8 @@ _NONLOCAL_RULES = [
 def _convert_key(key: str, kind: str) -> str:
     if kind == 'mmcv_context_block':
         return key
+    if kind == 'mmcv_criss_cross':
+        return 'gamma' if key == 'gamma.scale' else key
     for pattern, repl in _NONLOCAL_RULES:
         if pattern.match(key):
             return pattern.sub(repl, key)
@@ -62,5 +67,7 @@ def convert_block_state_dict(state_dict: Dict[str, torch.Tensor], kind: str,
         local = _convert_key(key[len(src_prefix):], kind)
         if local == 'concat_project.weight' and value.dim() > 2:
             value = value.reshape(value.shape[0], -1)  # (1, 2d, 1, 1) -> (1, 2d)
+        if kind == 'mmcv_criss_cross' and local == 'gamma':
+            value = value.reshape(1)  # mmcv's Scale: a 0-dim tensor
         out[dst_prefix + local] = value
     return out

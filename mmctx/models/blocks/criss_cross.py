@@ -211,14 +211,5 @@ def convert_mmcv_criss_cross(state_dict: Mapping[str, torch.Tensor],
     block by block to a whole model's state dict (e.g. mmseg ``CCHead``:
     ``prefix_in='decode_head.cca.'``).
     """
-    out: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
-    for key, value in state_dict.items():
-        if not key.startswith(prefix_in):
-            out[key] = value
-            continue
-        rest = key[len(prefix_in):]
-        if rest == 'gamma.scale':
-            out[prefix_out + 'gamma'] = value.reshape(1)
-        else:
-            out[prefix_out + rest] = value
-    return out
+    from .convert import convert_block_state_dict
+    return convert_block_state_dict(state_dict, 'mmcv_criss_cross', prefix_in, prefix_out)

@@ -62,7 +62,8 @@ import torch
 import torch.nn as nn
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_choice, check_int, no_autocast, pointwise, upcast
+from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
+                    pointwise, upcast)
 from .attention import softmax_attention
 from .non_local import flatten, unflatten
 
@@ -167,9 +168,7 @@ class DualAttentionBlock(ContextBlockBase):
                  pam: bool = True, cam: bool = True, fusion: str = 'sum',
                  dim: int = 2) -> None:
         super().__init__(in_channels, dim)
-        for name, flag in (('pam', pam), ('cam', cam)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{name} must be a bool, got {type(flag).__name__} {flag!r}')
+        check_bool('pam', pam), check_bool('cam', cam)
         if not (pam or cam):
             raise ValueError('a DualAttentionBlock with pam=False and cam=False models no '
                              'context; enable at least one module')

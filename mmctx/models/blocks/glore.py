@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 
 from ...registry import MODELS
-from ._base import check_int, no_autocast, pointwise, upcast
-from .low_rank import LowRankBlock, build_norm, check_bool
+from ._base import check_bool, check_int, no_autocast, pointwise, upcast
+from .low_rank import LowRankBlock, build_norm
 
 
 class GraphConvolution(nn.Module):

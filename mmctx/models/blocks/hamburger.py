@@ -87,8 +87,8 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
-from ._base import check_int, no_autocast, upcast, zero_init_last
-from .low_rank import LowRankBlock, check_bool, norm_cfg_for
+from ._base import check_bool, check_int, no_autocast, upcast, zero_init_last
+from .low_rank import LowRankBlock, norm_cfg_for
 
 #: the MU rule's denominator epsilon (official and mmseg)
 EPS = 1e-6

@@ -36,8 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import check_choice, check_int, no_autocast, pointwise, upcast
-from .low_rank import LowRankBlock, build_norm, check_bool
+from ._base import check_bool, check_choice, check_int, no_autocast, pointwise, upcast
+from .low_rank import LowRankBlock, build_norm
 
 MODES = ('asymmetric', 'symmetric')
 
@@ -131,12 +131,16 @@ class LatentGNNBlock(LowRankBlock):
         return {'x_v2l': v2l, 'x_l2v': l2v, 'value': v2l.reshape(n, self.inter_channels, -1)}
 
     def _kernel_steps(self, kernel, f):
-        n = f['value'].shape[0]
+        n, length = f['value'].shape[0], f['value'].shape[-1]
+
+        def adjacency(psi, feats):  # (N, d, L)
+            return psi(feats).reshape(n, -1, length)
+
         if self.mode == 'asymmetric':
-            v2l = F.normalize(kernel.psi_v2l(f['x_v2l']).reshape(n, -1, f['value'].shape[-1]), dim=2)
-            l2v = F.normalize(kernel.psi_l2v(f['x_l2v']).reshape(n, -1, f['value'].shape[-1]), dim=1)
+            v2l = F.normalize(adjacency(kernel.psi_v2l, f['x_v2l']), dim=2)  # over positions
+            l2v = F.normalize(adjacency(kernel.psi_l2v, f['x_l2v']), dim=1)  # over nodes
         else:
-            v2l = l2v = F.normalize(kernel.psi(f['x_v2l']).reshape(n, -1, f['value'].shape[-1]), dim=1)
+            v2l = l2v = F.normalize(adjacency(kernel.psi, f['x_v2l']), dim=1)
         with no_autocast(v2l):
             v2l, l2v, value = upcast(v2l), upcast(l2v), upcast(f['value'])
             z = torch.bmm(v2l, value.transpose(1, 2))  # (N, d, C')

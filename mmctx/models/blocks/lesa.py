@@ -79,7 +79,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_choice, check_int, no_autocast, upcast
+from ._base import ContextBlockBase, check_bool, check_choice, check_int, no_autocast, upcast
 from .attention import softmax_attention
 
 PE_TYPES = ('detection_qr', 'classification', None)
@@ -225,8 +225,7 @@ class LESABlock(ContextBlockBase):
         self.stride = check_int('stride', stride)
         self.fusion = check_choice('fusion', fusion, FUSIONS)
         for name, value in (('unary', unary), ('binary', binary), ('with_cp', with_cp)):
-            if not isinstance(value, bool):
-                raise TypeError(f'{name} must be a bool, got {value!r}')
+            check_bool(name, value)
         if not (unary or binary):
             raise ValueError('LESABlock needs the unary or the binary term (or both); '
                              'got unary=False, binary=False')

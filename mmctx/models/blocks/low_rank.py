@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ._base import ContextBlockBase, check_choice
+from ._base import ContextBlockBase
 
 Features = Dict[str, torch.Tensor]
 
@@ -53,12 +53,6 @@ def norm_cfg_for(norm_cfg: Optional[dict], dim: int) -> Optional[dict]:
 def build_norm(norm_cfg: dict, channels: int, dim: int) -> nn.Module:
     from mmcv.cnn import build_norm_layer
     return build_norm_layer(norm_cfg_for(norm_cfg, dim), channels)[1]
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{name} must be a bool, got {value!r}')
-    return value
 
 
 class LowRankBlock(ContextBlockBase):
@@ -127,4 +121,4 @@ class LowRankBlock(ContextBlockBase):
         return out
 
 
-__all__ = ['LowRankBlock', 'norm_cfg_for', 'build_norm', 'check_bool', 'check_choice']
+__all__ = ['LowRankBlock', 'norm_cfg_for', 'build_norm']

@@ -34,8 +34,8 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
-from ._base import (ContextBlockBase, check_choice, check_int, no_autocast, pointwise,
-                    upcast)
+from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
+                    pointwise, upcast)
 from .attention import (concatenation_attention, dot_product_attention,
                         softmax_attention)
 
@@ -114,8 +114,7 @@ class PairwiseContextBlock(ContextBlockBase):
         self.value = check_choice('value', value, VALUES)
         for name, flag in (('use_scale', use_scale), ('sub_sample', sub_sample),
                            ('pairwise', pairwise)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{name} must be a bool, got {flag!r}')
+            check_bool(name, flag)
         self.use_scale, self.sub_sample, self.pairwise = use_scale, sub_sample, pairwise
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not temperature > 0:
