@@ -73,6 +73,14 @@ MMSEG_RENAMED_HEADS = {
         ('decode_head.hamburger.', 'decode_head.ham_block.'),
     ], 'mmctx.HamburgerBlock'),
 }
+#: optional per-head value fix applied after renaming a MMSEG_RENAMED_HEADS head:
+#: ``kind -> fn(key, value) -> (key, value)`` (for layers whose tensors change shape).
+#: Every renamed head also gets the generic mmcv ``Scale`` fix: ``<m>.gamma.scale``
+#: (0-dim) → ``<m>.gamma`` (shape ``(1, )``), the γ of every mmctx block.
+MMSEG_RENAMED_FIXES = {}
+#: what the converter prints for a head whose keys say nothing more (options to keep
+#: from the upstream config, the mmctx configs to load into): ``kind -> [notes]``
+MMSEG_HEAD_NOTES = {}
 
 #: mmdet ResNet plugin -> (key pattern, block-level kind, mmctx block, its module name)
 MMDET_PLUGINS = {
@@ -126,6 +134,8 @@ def describe_block(kind: str, state_dict: Dict) -> List[str]:
         if 'decode_head.hamburger.ham.bases' in state_dict:
             notes.append('fixed bases saved (rand_init=False): set rand_init=False')
         return notes
+    if kind in MMSEG_HEAD_NOTES:
+        return list(MMSEG_HEAD_NOTES[kind])
     prefix = MMSEG_HEADS[kind][0]
     keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
     notes = []
@@ -149,10 +159,17 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
     kind = detect_kind(state_dict)
     if kind in MMSEG_RENAMED_HEADS:
         renames = MMSEG_RENAMED_HEADS[kind][1]
+        fix = MMSEG_RENAMED_FIXES.get(kind)
         out = OrderedDict()
         for k, v in state_dict.items():
             src = next((a for a, _ in renames if k.startswith(a)), None)
-            out[k if src is None else dict(renames)[src] + k[len(src):]] = v
+            if src is not None:
+                k = dict(renames)[src] + k[len(src):]
+                if k.endswith('.gamma.scale') and v.dim() == 0:  # mmcv Scale -> γ (1, )
+                    k, v = k[:-len('.scale')], v.reshape(1)
+                if fix is not None:
+                    k, v = fix(k, v)
+            out[k] = v
         return out, kind
     src, block_kind, _, dst = MMSEG_HEADS[kind]
     return convert_block_state_dict(state_dict, block_kind, src, dst), kind
