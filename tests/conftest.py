@@ -102,3 +102,18 @@ def _cache_mmengine_metafile_reads():
 
 
 _cache_mmengine_metafile_reads()
+
+
+def randomize(module, std=0.3, seed=0):
+    """Random weights (N(0, std²), zero-initialised layers included) and BN statistics
+    away from (0, 1), so that no term of a block is trivially zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+        for name, b in module.named_buffers():
+            if name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + 0.5)
+            elif name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen, dtype=b.dtype) * 0.1)
+    return module

@@ -419,3 +419,33 @@ def test_backbone_plugins_on_the_cityscapes_pipeline(tmp_path):
     md, png = attention_maps(model, image, [(47, 95)], str(tmp_path))
     assert len(table_rows(open(md).read())) == 13
     assert Image.open(png).size[1] > 13 * 100
+
+
+def test_collect_attention_two_input_blocks_and_block_sized_guard():
+    """AFNB's forward takes a second input (passed on to its explicit path), and blocks
+    whose maps are not one L×L map (ISA's groups, ANN's pooled keys) are guarded by the
+    elements they form, not by L²."""
+    from mmctx.analysis.attention import collect_attention
+    from mmctx.models.blocks import AsymmetricNonLocalBlock, InterlacedSparseBlock
+
+    class TwoLevels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.afnb = AsymmetricNonLocalBlock(8, 4, key_in_channels=6)
+            self.isa = InterlacedSparseBlock(8, 4, down_factor=4)
+
+        def forward(self, x):
+            return self.isa(self.afnb(x[:, :8], key_feats=x[:, 8:]))
+
+    model = TwoLevels()
+    x = torch.randn(1, 14, 16, 16)
+    records = collect_attention(model, x, max_map_elements=16 * 16 * 16 * 16 - 1)
+    assert records['afnb']['pooled'].shape == (1, 256, 110)
+    torch.testing.assert_close(records['afnb']['pooled'].sum(-1), torch.ones(1, 256))
+    assert records['isa']['global'].shape == (16, 16, 16)
+    assert records['isa']['local'].shape == (16, 16, 16)
+    assert model.isa.map_elements(x[:, :8]) == 2 * 16 ** 3
+    assert model.afnb.map_elements(x[:, :8], x[:, 8:]) == 256 * 110
+    with pytest.raises(ValueError, match=r'block afnb: the explicit attention map would have '
+                       r'28,160 elements'):
+        collect_attention(model, x, max_map_elements=20000)

@@ -13,6 +13,8 @@ from mmctx.models.blocks import attention
 from mmctx.models.blocks.convert import convert_block_state_dict
 from mmctx.registry import MODELS
 
+from .conftest import randomize
+
 C = 8
 #: (id, class, kwargs, starts as identity)
 BLOCKS = [
@@ -44,20 +46,6 @@ SHAPES = {1: (2, C, 11), 2: (2, C, 5, 7), 3: (2, C, 3, 4, 6)}
 
 def build(cls, kwargs, dim=2, **extra):
     return cls(C, dim=dim, **kwargs, **extra)
-
-
-def randomize(module, std=0.3, seed=0):
-    """Random weights and BN statistics, so that no term is trivially zero."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-        for name, b in module.named_buffers():
-            if name.endswith('running_var'):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-            elif name.endswith('running_mean'):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-    return module
 
 
 # ------------------------------------------------------------------ bad input

@@ -215,21 +215,25 @@ def test_with_cp_matches_and_every_block_parameter_gets_a_gradient():
 # --------------------------------------------------------------------- configs
 def test_configs_found():
     # GC/SNL/NL x R-50/101 x BN/SyncBN + 4 blocks x 2 places (GCNet / DNL tables) +
-    # A², GloRe, LatentGNN, CGNL, EMA, Hamburger at the DNL table's 2 places
-    assert len(DET_CONFIGS) == 36
+    # A², GloRe, LatentGNN, CGNL, EMA, Hamburger at the DNL table's 2 places +
+    # DGMN in c5 after conv2 x R-50/101
+    assert len(DET_CONFIGS) == 38
 
 
 BLOCKS = {'gcb': 'GlobalContextBlock', 'snl': 'SimplifiedNonLocalBlock',
           'nl': 'NonLocalBlock', 'dnl': 'DisentangledNonLocalBlock',
           'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
           'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock', 'emanet': 'EMABlock',
-          'hamnet': 'HamburgerBlock'}
+          'hamnet': 'HamburgerBlock', 'dgmn': 'DynamicGraphBlock'}
 
 
 def expected_blocks(name, model):
-    """{Bottleneck name: 'plugin' | 'after_add'} that the file name promises."""
+    """{Bottleneck name: 'plugin' | 'after_add' | 'after_conv2'} that the file name
+    promises."""
     backbone = model.backbone
     layers = [getattr(backbone, n) for n in backbone.res_layers]
+    if '-dgmn-c5_' in name:  # every Bottleneck of c5, after conv2 (official 'after3x3')
+        return {f'layer4.{i}': 'after_conv2' for i in range(len(layers[3]))}
     if '-c3-c5_' in name:  # every Bottleneck of c3-c5, after conv3 (mmdet plugin)
         return {f'layer{s + 1}.{i}': 'plugin' for s in (1, 2, 3)
                 for i in range(len(layers[s]))}
@@ -268,6 +272,10 @@ def test_config_builds_and_runs_forward(path):
         if isinstance(bottleneck, AfterAddBottleneck):
             assert bottleneck.after_add_name == child
             found[bname] = 'after_add'
+        elif getattr(bottleneck, 'after_conv2_plugin_names', None):
+            assert bottleneck.after_conv2_plugin_names == [child]
+            assert block.in_channels == bottleneck.conv2.out_channels
+            found[bname] = 'after_conv2'
         else:
             assert bottleneck.after_conv3_plugin_names == [child]
             assert block.in_channels == bottleneck.conv3.out_channels
@@ -279,6 +287,9 @@ def test_config_builds_and_runs_forward(path):
             assert block.reduction == (4 if found[bname] == 'after_add' else 2)
         if algo == 'dnl':
             assert block.preset == 'official_det'
+        if algo == 'dgmn':  # the official ReDynamicWeightsCat33 'deformatt'
+            assert (block.reduction, block.groups, block.dilations, block.filter_act,
+                    block.affinity_act) == (1, 4, (1, 4, 8, 12), None, 'softmax')
     assert found == where
 
     # one forward through backbone, RPN and both RoI heads: every block runs once
@@ -298,6 +309,7 @@ def test_config_builds_and_runs_forward(path):
 # ----------------------------------------------------------------- converter
 def test_convert_mmdet_gcnet_checkpoint(tmp_path):
     """Random upstream mmdet GCNet Mask R-CNN -> CLI -> mmctx config: same predictions."""
+    torch.manual_seed(1)  # the initial weights and the image: not the suite's RNG state
     name = 'mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco.py'
     (tmp_path / 'upstream_cfg.py').write_text(f"_base_ = ['mmdet::gcnet/{name}']\n")
     test_cfg = small_test_cfg(score_thr=0.)

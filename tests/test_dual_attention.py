@@ -270,3 +270,17 @@ def test_analysis_tools_skip_a_block_without_a_position_map():
     torch.nn.init.constant_(both.pam.gamma, 0.5)
     (row, ) = query_independence(torch.nn.Sequential(both).eval(), x, num_queries=4)
     assert row['terms'] == ['pairwise'] and row['cosine_distance'] > 0
+
+
+# ------------------------------------------------------------ DualAttentionHead
+def test_head_refuses_what_its_branches_cannot_run():
+    from mmctx.models.heads import DualAttentionHead
+    kwargs = dict(in_channels=16, channels=16, num_classes=3, pam_channels=4)
+    with pytest.raises(ValueError, match='its block must have both modules'):
+        DualAttentionHead(block=dict(type='mmctx.DualAttentionBlock', pam=True, cam=False),
+                          **kwargs)
+    with pytest.raises(ValueError, match=r'sets pam_channels=8.*pam_channels=4 is expected'):
+        DualAttentionHead(block=dict(type='mmctx.DualAttentionBlock', pam_channels=8), **kwargs)
+    head = DualAttentionHead(**kwargs)
+    assert not hasattr(head, 'pam') and head.block is head.da_block
+    assert head.block.pam_channels == 4

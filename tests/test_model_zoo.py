@@ -90,12 +90,14 @@ def test_every_config_is_covered_by_a_config_test():
     """Each config file is built and run by the config test of its task."""
     from .test_det import DET_CONFIGS
     from .test_lesa import LESA_CLS_CONFIGS, LESA_DET_CONFIGS, LESA_HTC_CONFIGS
+    from .test_local_relation import LRNET_CONFIGS
     from .test_seg import CONFIGS, SEG_CONFIGS
     from .test_video import VIDEO_CONFIGS
     covered = (set(SEG_CONFIGS) | set(DET_CONFIGS) | set(VIDEO_CONFIGS)
-               | set(LESA_DET_CONFIGS) | set(LESA_CLS_CONFIGS) | set(LESA_HTC_CONFIGS))
+               | set(LESA_DET_CONFIGS) | set(LESA_CLS_CONFIGS) | set(LESA_HTC_CONFIGS)
+               | set(LRNET_CONFIGS))
     smoke = {f for f in CONFIGS if osp.basename(osp.dirname(f)) == 'smoke'}  # test_train_tools
     assert set(CONFIGS) - covered - smoke == set()
     assert (len(SEG_CONFIGS) + len(DET_CONFIGS) + len(VIDEO_CONFIGS)
             + len(LESA_DET_CONFIGS) + len(LESA_CLS_CONFIGS) + len(LESA_HTC_CONFIGS)
-            ) == len(covered)
+            + len(LRNET_CONFIGS)) == len(covered)

@@ -42,9 +42,13 @@ def test_config_builds_and_runs_forward(path):
     assert cfg.default_scope == 'mmseg' and cfg.custom_imports['imports'][0] == 'mmctx'
     model = build_segmentor(cfg).eval()
     assert 'SyncBatchNorm' not in str(model)
-    num_classes = cfg.model.decode_head.num_classes
+    last = cfg.model.decode_head  # a cascade (OCRNet) has a list: the last head predicts
+    num_classes = (last[-1] if isinstance(last, list) else last).num_classes
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 65, 49), mode='tensor')
+    if isinstance(logits, tuple):  # DAHead-style: (fused, per-branch outputs...)
+        assert all(o.shape == logits[0].shape for o in logits)
+        logits = logits[0]
     stride = 2 if cfg.model.backbone.type == 'mmctx.TinyConvNet' else 8
     assert logits.shape == (1, num_classes, -(-65 // stride), -(-49 // stride))
     assert torch.isfinite(logits).all()
@@ -52,7 +56,18 @@ def test_config_builds_and_runs_forward(path):
     if 'smoke' not in path and not name.startswith('baseline'):
         # the head is mmctx's, with the block the file name says
         head = model.decode_head
-        assert type(head).__name__ == 'ContextHead'
+        if isinstance(head, torch.nn.ModuleList):  # a cascade: mmseg's FCNHead, then ours
+            assert type(head[0]).__name__ == 'FCNHead'
+            head = head[-1]
+        # documented head variants where the upstream wiring is not ContextHead's
+        variants = {'danet': 'DualAttentionHead', 'ocrnet': 'ObjectContextHead',
+                    'apcnet': 'AdaptiveContextHead', 'ann': 'AsymmetricNonLocalHead',
+                    'psanet': 'PointwiseSpatialHead'}
+        algo = name.split('_')[0]
+        if '_contextshapes-' in name:  # the demo: every block alone in ContextHead
+            variants = {}
+        assert type(head).__name__ == next(
+            (v for k, v in variants.items() if algo.startswith(k)), 'ContextHead')
         expected = {'nonlocal': 'NonLocalBlock', 'dnl-official': 'DisentangledNonLocalBlock',
                     'dnl-pairwise': 'PairwiseNonLocalBlock', 'dnl-unary': 'UnaryNonLocalBlock',
                     'dnl': 'DisentangledNonLocalBlock', 'snl': 'SimplifiedNonLocalBlock',
@@ -60,7 +75,12 @@ def test_config_builds_and_runs_forward(path):
                     'a2net': 'DoubleAttentionBlock', 'glore': 'GloReBlock',
                     'latentgnn': 'LatentGNNBlock', 'cgnl': 'CGNLBlock',
                     'emanet': 'EMABlock', 'hamnet': 'HamburgerBlock',
-                    'segnext': 'HamburgerBlock', 'ccnet': 'CrissCrossBlock'}
+                    'segnext': 'HamburgerBlock', 'ccnet': 'CrissCrossBlock',
+                    'gcu': 'GraphUnitBlock',
+                    'danet': 'DualAttentionBlock', 'ocrnet': 'ObjectContextBlock',
+                    'apcnet': 'AdaptiveContextBlock', 'isanet': 'InterlacedSparseBlock',
+                    'ann': 'AsymmetricNonLocalBlock', 'psanet': 'PointwiseSpatialBlock',
+                    'dgmn': 'DynamicGraphBlock', 'lrnet': 'LocalRelationBlock'}
         algo = next(k for k in expected if name.split('_')[0].startswith(k))
         assert type(head.block).__name__ == expected[algo]
         if 'depth' in cfg.model.backbone:
@@ -131,6 +151,21 @@ UPSTREAM = {
                 'configs/emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
     'LightHamHead': ('mmseg::segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py',
                      'configs/hamnet/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py'),
+    'DAHead': ('mmseg::danet/danet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+               'configs/danet/danet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    # mmseg's R-D8 OCRNet configs are R-101 only: the model base they share, at R-50
+    'OCRHead': ('mmseg::_base_/models/ocrnet_r50-d8.py',
+                'configs/ocrnet/ocrnet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'APCHead': ('mmseg::apcnet/apcnet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+                'configs/apcnet/apcnet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'ISAHead': ('mmseg::isanet/isanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+                'configs/isanet/isanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'ANNHead': ('mmseg::ann/ann_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+                'configs/ann/ann_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    # mmseg's 97x97 masks as they are: at the test's 64x96 input the attention map is
+    # 4x6, which the masks over-cover (mmcv's PSAMask drops what points outside)
+    'PSAHead': ('mmseg::psanet/psanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+                'configs/psanet/psanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
 }
 
 
@@ -141,7 +176,10 @@ def randomize_segmentor(model, seed=0):
         for name, p in model.named_parameters():
             block = '_block.' in name
             noise = torch.randn(p.shape, generator=gen)
-            p.copy_(noise * 0.1 if block else p + noise * 0.01)
+            if name.endswith(('.gamma', '.gamma.scale')):  # zero-init residual scales
+                p.copy_(noise.sign() * (0.5 + noise.abs()))  # |γ| >= 0.5: attention counts
+            else:
+                p.copy_(noise * 0.1 if block else p + noise * 0.01)
         for name, b in model.named_buffers():
             if name.endswith('running_mean'):
                 b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
@@ -154,7 +192,8 @@ def test_convert_released_checkpoint(kind, tmp_path):
     upstream_cfg, ours_cfg = UPSTREAM[kind]
     (tmp_path / 'upstream_cfg.py').write_text(f'_base_ = [{upstream_cfg!r}]\n')
     upstream = build_segmentor(Config.fromfile(str(tmp_path / 'upstream_cfg.py')))
-    assert type(upstream.decode_head).__name__ == kind
+    head = upstream.decode_head  # a cascade (OCRNet): the last head is the context head
+    assert type(head[-1] if isinstance(head, torch.nn.ModuleList) else head).__name__ == kind
     randomize_segmentor(upstream)
     src, dst = str(tmp_path / 'upstream.pth'), str(tmp_path / 'mmctx.pth')
     torch.save(dict(meta=dict(CLASSES=('a', 'b')), state_dict=upstream.state_dict()), src)
@@ -162,6 +201,11 @@ def test_convert_released_checkpoint(kind, tmp_path):
     assert f'mmseg {kind} segmentor' in out
 
     ours = build_segmentor(Config.fromfile(osp.join(ROOT, ours_cfg)))
+    ours_head = ours.decode_head[-1] if isinstance(ours.decode_head, torch.nn.ModuleList) \
+        else ours.decode_head
+    # the tool names the mmctx head and block the checkpoint now holds
+    assert (f'-> mmctx.{type(ours_head.block).__name__} in '
+            f'mmctx.{type(ours_head).__name__} (') in out
     ckpt = torch.load(dst, weights_only=True)
     ours.load_state_dict(ckpt['state_dict'], strict=True)
     assert ckpt['meta']['mmctx_converted_from']['head'] == kind
@@ -172,6 +216,9 @@ def test_convert_released_checkpoint(kind, tmp_path):
         a = upstream(x, mode='tensor')
         torch.manual_seed(1)
         b = ours(x, mode='tensor')
+    if isinstance(a, tuple):  # DAHead: (pam_cam, pam, cam) logits, all compared
+        assert isinstance(b, tuple) and len(a) == len(b)
+        a, b = torch.cat(a, 1), torch.cat(b, 1)
     assert a.abs().max() > 0.1  # the comparison is not between two zero maps
     assert (a - b).abs().max().item() <= 1e-4 * max(1., a.abs().max().item())
 

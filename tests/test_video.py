@@ -43,6 +43,8 @@ BLOCKS = {
     'gcb-r16': ('GlobalContextBlock', dict(ratio=1. / 16, fusion_types=('channel_add', ))),
     'a2net': ('DoubleAttentionBlock', dict(reduction=4)),
     'glore': ('GloReBlock', dict(normalize=False)),  # the official fixed-size unit
+    'ccnet': ('CrissCrossBlock', dict(recurrence=2)),
+    'danet': ('DualAttentionBlock', dict(fusion='sum')),
 }
 
 

@@ -12,6 +12,10 @@ Compares, with the same weights and in one run:
   registry defaults) against mmctx's ``NonLocalBlock`` at 64×128 and 128×256, and EMA /
   Hamburger against mmseg's ``EMAModule`` (with EMAHead's convs around it) / ``Hamburger``;
   a second table prints the log-log slopes of time and memory over the sizes
+* the rest of the survey at 64×128 and 128×256: ``CrissCrossBlock`` vs mmcv
+  ``CrissCrossAttention`` (``cc``, one pass), ``DualAttentionBlock(cam=False)`` vs
+  mmseg's ``PAM`` (``pam``), ``InterlacedSparseBlock`` vs mmseg's ``ISAHead`` without its
+  input conv and classifier (``isa``)
 
 for inference (``torch.inference_mode``) and forward+backward, over a sweep of
 feature sizes, C=512 (the segmentation heads' width), batch 1. Every measurement
@@ -49,7 +53,11 @@ LOW_RANK_SIZES = ('64x128', '128x256')
 #: ReLU + residual add) whose slope shows what the machine's caches do to a linear op
 LOW_RANK_REFS = {'lowrank-nl': 'NonLocalBlock (reference)',
                  'lowrank-conv': '1×1 conv + BN + ReLU + add (linear reference)'}
-PAIRS = ('nl', 'dnl', 'gc', 'lesa', 'lesa-cls') + tuple(LOW_RANK)
+#: the rest of the survey, each against its upstream implementation with the same weights
+SURVEY = {'cc': 'CC vs mmcv CrissCrossAttention (1 pass)',
+          'pam': 'DANet PAM vs mmseg PAM', 'isa': 'ISA vs mmseg ISAHead (its ISA part)'}
+SURVEY_SIZES = ('64x128', '128x256')
+PAIRS = ('nl', 'dnl', 'gc', 'lesa', 'lesa-cls') + tuple(LOW_RANK) + tuple(SURVEY)
 SIZES = ('32x64', '64x128', '96x192', '128x256')
 TRAIN_SIZES = ('32x64', '48x96', '64x128')
 #: LESA: ImageNet's 14×14 and stage 3 of a 1024² / 1333×800 detection input
@@ -87,6 +95,8 @@ def _build(pair: str, impl: str, channels: int, size=None):
         return block if impl == 'mmctx' else _Explicit(block)
     if pair in LOW_RANK or pair in LOW_RANK_REFS:
         return _build_low_rank(pair, impl, channels)
+    if pair in SURVEY:
+        return _build_survey(pair, impl, channels)
     if pair == 'lesa-cls':  # tied to one size: the tables are made for it
         from mmctx.models.blocks import LESABlock
         block = LESABlock(channels, pe_type='classification', pe_size=size)
@@ -162,6 +172,66 @@ def _build_low_rank(pair: str, impl: str, channels: int):
         return Hamburger(channels, dict(MD_R=64), norm_cfg=dict(type='GN', num_groups=32))
     extra = dict(preset='mmseg') if pair == 'ema' else {}
     return MODELS.build(dict(type=f'mmctx.{LOW_RANK[pair]}', in_channels=channels, **extra))
+
+
+def _build_survey(pair: str, impl: str, channels: int):
+    """CC / PAM / ISA: the upstream module and mmctx's block with its weights."""
+    import torch
+
+    torch.manual_seed(0)
+
+    def shared(up, ours, state):
+        with torch.no_grad():  # non-trivial, shared weights (γ = 1: attention counts)
+            for name, p in up.named_parameters():
+                p.normal_(0, 0.02) if 'gamma' not in name else p.fill_(1.)
+        ours.load_state_dict(state(up.state_dict()))
+        return up if impl == 'upstream' else ours
+
+    if pair == 'cc':
+        from mmcv.ops import CrissCrossAttention
+
+        from mmctx.models.blocks import CrissCrossBlock, convert_mmcv_criss_cross
+        return shared(CrissCrossAttention(channels), CrissCrossBlock(channels),
+                      convert_mmcv_criss_cross)
+    if pair == 'pam':
+        from mmseg.models.decode_heads.da_head import PAM
+
+        from mmctx.models.blocks import DualAttentionBlock
+        from mmctx.models.blocks.dual_attention import convert_mmseg_da_state_dict
+        block = DualAttentionBlock(channels, cam=False)
+        return shared(PAM(channels, channels // 8), block,
+                      lambda sd: convert_mmseg_da_state_dict(pam=sd))
+    from mmseg.models.decode_heads.isa_head import ISAHead
+
+    from mmctx.models.convert import convert_mmseg_segmentor
+    from mmctx.registry import MODELS
+
+    # mmseg's ISAHead without its in_conv and classifier = the ISA part that
+    # InterlacedSparseBlock is (isa_channels 256, down_factor (8, 8): mmseg's config)
+    head = ISAHead(isa_channels=256, in_channels=channels, channels=channels, num_classes=2,
+                   norm_cfg=dict(type='BN'))
+    head.in_conv = torch.nn.Identity()
+    head.cls_seg = lambda x: x
+
+    class Unit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return self.head([x])
+
+    block = MODELS.build(dict(type='mmctx.InterlacedSparseBlock', in_channels=channels,
+                              isa_channels=256))
+
+    def state(sd):
+        sd = {'decode_head.' + k[len('head.'):]: v for k, v in sd.items()}
+        sd['decode_head.in_conv.conv.weight'] = torch.zeros(1)  # identifies the head
+        out, _ = convert_mmseg_segmentor(sd)
+        return {k[len('decode_head.isa_block.'):]: v for k, v in out.items()
+                if k.startswith('decode_head.isa_block.')}
+
+    return shared(Unit(), block, state)
 
 
 def _rss_kib(field: str) -> int:
@@ -288,7 +358,7 @@ def report(results, flops, args) -> str:
                  gc='GC vs mmcv ContextBlock',
                  lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)',
                  **{'lesa-cls': f'LESA classification form (C={LESA_CHANNELS}, batch '
-                                f'{LESA_CLS_BATCH}) vs its explicit path'})
+                                f'{LESA_CLS_BATCH}) vs its explicit path'}, **SURVEY)
     for pair in [p for p in args.pairs if p not in LOW_RANK]:
         for mode in ('inference', 'train'):
             for size in sizes_for(pair, mode, args):
@@ -370,6 +440,8 @@ def sizes_for(pair: str, mode: str, args):
         return [LESA_CLS_SIZE]
     if pair in LOW_RANK or pair in LOW_RANK_REFS:
         return args.low_rank_sizes
+    if pair in SURVEY:
+        return args.survey_sizes
     return args.sizes if mode == 'inference' else args.train_sizes
 
 
@@ -418,6 +490,9 @@ def main(argv=None) -> int:
     parser.add_argument('--low-rank-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in LOW_RANK_SIZES],
                         help='sizes HxW of the low-rank blocks (inference and fwd+bwd)')
+    parser.add_argument('--survey-sizes', type=parse_size, nargs='+',
+                        default=[parse_size(s) for s in SURVEY_SIZES],
+                        help='sizes HxW of CC / PAM / ISA (inference and fwd+bwd)')
     parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=list(PAIRS),
                         help='which comparisons to run (default: all)')
     parser.add_argument('--channels', type=int, default=512)
@@ -433,6 +508,8 @@ def main(argv=None) -> int:
         args.sizes = args.train_sizes = [(32, 64), (48, 96)]
         args.lesa_sizes = [(14, 14), (32, 32)]
         args.low_rank_sizes = [(32, 64), (64, 128)]
+        args.survey_sizes = [(32, 64), (64, 128)]
+    args.survey_sizes = [tuple(s) for s in args.survey_sizes]
     args.low_rank_sizes = [tuple(s) for s in args.low_rank_sizes]
     args.sizes = [tuple(s) for s in args.sizes]
     args.train_sizes = [tuple(s) for s in args.train_sizes]

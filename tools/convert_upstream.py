@@ -1,20 +1,26 @@
-"""Convert a released mmseg NL/DNL/GC/EMA/LightHam/CC, mmdet GCNet, mmaction2 NL or official LESA checkpoint to mmctx.
+"""Convert a released upstream checkpoint (mmseg context heads, mmdet GCNet, mmaction2 NL, official LESA) to mmctx.
 
     python tools/convert_upstream.py SRC.pth DST.pth [--backbone-only]
 
-The kind is detected from the keys; the output loads (strictly) into the matching
-mmctx config: configs/nonlocal/nonlocal_*.py, configs/dnl/dnl_*.py,
-configs/gcnet/gcnet_*.py, configs/ccnet/ccnet_*.py (CCHead), configs/emanet/emanet_*.py (EMAHead) or
-configs/hamnet/segnext_*.py (SegNeXt's LightHamHead) with the same name as the upstream
-config;
-for mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins), the
-configs/gcnet/ file of the same name; for mmaction2's I3D / SlowOnly NL recognizers
-(mmcv NonLocal3d blocks), the configs/nonlocal/ file of the same name; for the official
-LESA checkpoints (Chenglin-Yang/LESA_classification {'net': ...} ImageNet ResNets,
-LESA_detection Mask R-CNN / HTC), configs/lesa/lesa-{resnet50,wrn50}_*_in1k.py,
-configs/lesa/mask-rcnn_lesa-*.py and configs/lesa/htc_lesa-*.py. --backbone-only writes the backbone alone (for
-init_cfg=dict(type='Pretrained', checkpoint=DST) of a LESA backbone, e.g. ImageNet ->
-COCO as in the paper; the classification-form embeddings are left out).
+The kind is detected from the keys; the output loads (strictly) into the mmctx config
+with the same name as the upstream config:
+
+* mmseg heads: NLHead -> configs/nonlocal/, DNLHead -> configs/dnl/, GCHead ->
+  configs/gcnet/, CCHead -> configs/ccnet/, EMAHead -> configs/emanet/, SegNeXt's
+  LightHamHead -> configs/hamnet/segnext_*, DAHead -> configs/danet/, ISAHead ->
+  configs/isanet/, ANNHead -> configs/ann/ (no key changes), OCRHead -> configs/ocrnet/
+  (the R-D8 cascade), PSAHead -> configs/psanet/, APCHead -> configs/apcnet/;
+* mmdet's gcnet/mask-rcnn_*-gcb-*_coco.py models (mmcv ContextBlock plugins) -> the
+  configs/gcnet/ file of the same name;
+* mmaction2's I3D / SlowOnly NL recognizers (mmcv NonLocal3d blocks) -> the
+  configs/nonlocal/ file of the same name;
+* the official LESA checkpoints (Chenglin-Yang/LESA_classification {'net': ...} ImageNet
+  ResNets, LESA_detection Mask R-CNN / HTC) -> configs/lesa/lesa-{resnet50,wrn50}_*_in1k.py,
+  configs/lesa/mask-rcnn_lesa-*.py and configs/lesa/htc_lesa-*.py. --backbone-only writes
+  the backbone alone (for init_cfg=dict(type='Pretrained', checkpoint=DST) of a LESA
+  backbone, e.g. ImageNet -> COCO as in the paper; the classification-form embeddings
+  are left out).
+
 The checkpoint is read with torch's safe loader (weights_only=True); pass
 --trust-checkpoint only for a file you trust that the safe loader refuses.
 """
@@ -34,7 +40,7 @@ import torch
 import mmctx  # noqa: F401  (safe-load allowlist for mmengine checkpoints)
 from mmctx.models.convert import MMDET_PLUGINS, ConversionError, convert_checkpoint, \
     convert_lesa, describe_block, describe_det_plugins, describe_lesa, \
-    describe_mmaction_blocks, is_lesa, mmseg_target_block
+    describe_mmaction_blocks, is_lesa, mmseg_target_block, mmseg_target_head
 
 
 def main(argv=None) -> int:
@@ -88,7 +94,8 @@ def main(argv=None) -> int:
     changed = sum(1 for a, b in zip(state_dict, converted) if a != b)
     if task == 'mmseg':
         print(f'{args.src}: mmseg {kind} segmentor -> {mmseg_target_block(kind)} in '
-              f'mmctx.ContextHead ({len(converted)} tensors, {changed} keys renamed)')
+              f'{mmseg_target_head(kind)} ({len(converted)} tensors, {changed} keys '
+              'renamed)')
         notes = describe_block(kind, state_dict)
     elif task == 'mmaction':
         print(f'{args.src}: mmaction2 recognizer with {kind} blocks -> mmctx.NonLocalBlock '

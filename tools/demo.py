@@ -50,6 +50,16 @@ MODELS = {
     'latentgnn': ('LatentGNN', 'LatentGNNBlock'),
     'cgnl': ('CGNL (dot-product kernel)', 'CGNLBlock'),
     'hamnet': ('Hamburger (NMF)', 'HamburgerBlock'),
+    'ccnet': ('Criss-cross attention (2 passes)', 'CrissCrossBlock'),
+    'danet': ('DANet position + channel attention', 'DualAttentionBlock'),
+    'isanet': ('ISA (interlaced sparse attention)', 'InterlacedSparseBlock'),
+    'ann': ('ANN APNB (pyramid-pooled keys)', 'AsymmetricNonLocalBlock'),
+    'ocrnet': ('OCR (16 latent object regions)', 'ObjectContextBlock'),
+    'psanet': ('PSANet (collect + distribute)', 'PointwiseSpatialBlock'),
+    'apcnet': ('APCNet (adaptive context modules)', 'AdaptiveContextBlock'),
+    'gcu': ('GCU (graph convolutional units)', 'GraphUnitBlock'),
+    'dgmn': ('DGMN (dynamic sampled neighbourhoods)', 'DynamicGraphBlock'),
+    'lrnet': ('Local relation 7x7 (a local control)', 'LocalRelationBlock'),
 }
 VARIANTS = ('global', 'paired')
 #: what each variant needs, for the report

@@ -33,7 +33,8 @@ from .terms import block_statistics, find_term_function, term_contributions
 ImageLike = Union[str, np.ndarray]
 #: entries of a ``collect_attention`` record that are not attention terms
 #: record keys that are not maps over positions ('channel': DANet's C×C channel map)
-NON_TERM_KEYS = ('shape', 'key_shape', 'input', 'output', 'statistics', 'channel')
+NON_TERM_KEYS = ('shape', 'key_shape', 'input', 'output', 'statistics', 'channel',
+                 'offsets')
 #: refuse explicit maps larger than this many elements per block (fp32: 4 bytes each)
 MAX_MAP_ELEMENTS = 1 << 28
 
@@ -170,18 +171,22 @@ def collect_attention(model: nn.Module, inputs, data_samples=None,
     records: 'OrderedDict[str, dict]' = OrderedDict()
 
     def make_hook(name):
-        def hook(module, args, output):
+        def hook(module, args, kwargs, output):
             x = args[0]
             shape = tuple(x.shape[2:])
             key_shape = _key_shape(module, shape)
-            pairwise_size = x.shape[0] * math.prod(shape) * math.prod(key_shape)
+            # blocks whose maps are not one L×L map (groups, pooled keys, windows, ...)
+            # say how many elements their explicit path forms
+            count = getattr(module, 'map_elements', None)
+            pairwise_size = (count(x) if count is not None
+                             else x.shape[0] * math.prod(shape) * math.prod(key_shape))
             if pairwise_size > max_map_elements:
                 raise ValueError(
                     f'block {name}: the explicit attention map would have '
                     f'{pairwise_size:,} elements (feature map {shape}); '
                     f'max_map_elements={max_map_elements:,}. Analyse a smaller image, '
                     'e.g. lower the Resize scale of the test pipeline.')
-            _, maps = module.forward_with_attention(x)
+            _, maps = module.forward_with_attention(*args, **kwargs)  # AFNB: 2 inputs
             rec = {term: m.detach().float().cpu() for term, m in maps.items()}
             rec['shape'], rec['key_shape'] = shape, key_shape
             if with_features:
@@ -198,7 +203,8 @@ def collect_attention(model: nn.Module, inputs, data_samples=None,
             records[name] = rec
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in blocks.items()]
+    handles = [m.register_forward_hook(make_hook(n), with_kwargs=True)
+               for n, m in blocks.items()]
     was_training = model.training
     model.eval()
     try:

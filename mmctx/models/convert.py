@@ -72,6 +72,40 @@ MMSEG_RENAMED_HEADS = {
         ('decode_head.align.', 'decode_head.convs.1.'),
         ('decode_head.hamburger.', 'decode_head.ham_block.'),
     ], 'mmctx.HamburgerBlock'),
+    # DAHead → mmctx.DualAttentionHead: PAM / CAM → the DualAttentionBlock ``da_block``
+    # (the branch convs and classifiers keep their names; γ: the generic Scale fix)
+    'DAHead': ('decode_head.pam.gamma.scale', [
+        ('decode_head.pam.', 'decode_head.da_block.pam.'),
+        ('decode_head.cam.', 'decode_head.da_block.cam.'),
+    ], 'mmctx.DualAttentionBlock'),
+    # OCRNet (CascadeEncoderDecoder: decode_head.0 FCNHead, decode_head.1 OCRHead) →
+    # mmctx.ObjectContextHead: the object context block → ``ocr_block`` (same names inside)
+    'OCRHead': ('decode_head.1.object_context_block.bottleneck.conv.weight', [
+        ('decode_head.1.object_context_block.', 'decode_head.1.ocr_block.'),
+    ], 'mmctx.ObjectContextBlock'),
+    # APCHead → mmctx.AdaptiveContextHead: the ACMs and the bottleneck → ``apc_block``
+    'APCHead': ('decode_head.acm_modules.0.gla.weight', [
+        ('decode_head.acm_modules.', 'decode_head.apc_block.acm_modules.'),
+        ('decode_head.bottleneck.', 'decode_head.apc_block.bottleneck.'),
+    ], 'mmctx.AdaptiveContextBlock'),
+    # ISAHead = ContextHead(num_convs=1, kernel_size=3, concat_input=False) with an
+    # InterlacedSparseBlock: in_conv → convs.0, the relations and out_conv → ``isa_block``
+    'ISAHead': ('decode_head.global_relation.key_project.0.conv.weight', [
+        ('decode_head.in_conv.', 'decode_head.convs.0.'),
+        ('decode_head.global_relation.', 'decode_head.isa_block.global_relation.'),
+        ('decode_head.local_relation.', 'decode_head.isa_block.local_relation.'),
+        ('decode_head.out_conv.', 'decode_head.isa_block.out_conv.'),
+    ], 'mmctx.InterlacedSparseBlock'),
+    # ANNHead → mmctx.AsymmetricNonLocalHead: its AFNB / APNB blocks keep mmseg's names
+    # (``fusion``, ``context``) and parameter names: no key changes
+    'ANNHead': ('decode_head.fusion.stages.0.key_project.conv.weight', [],
+                'mmctx.AsymmetricNonLocalBlock'),
+    # PSAHead → mmctx.PointwiseSpatialHead: the branch convs and proj → ``psa_block``
+    # (same names inside; ``bottleneck`` / ``conv_seg`` stay in the head)
+    'PSAHead': ('decode_head.attention.1.weight', [
+        (f'decode_head.{m}.', f'decode_head.psa_block.{m}.')
+        for m in ('reduce', 'attention', 'reduce_p', 'attention_p', 'proj')
+    ], 'mmctx.PointwiseSpatialBlock'),
 }
 #: optional per-head value fix applied after renaming a MMSEG_RENAMED_HEADS head:
 #: ``kind -> fn(key, value) -> (key, value)`` (for layers whose tensors change shape).
@@ -80,7 +114,26 @@ MMSEG_RENAMED_HEADS = {
 MMSEG_RENAMED_FIXES = {}
 #: what the converter prints for a head whose keys say nothing more (options to keep
 #: from the upstream config, the mmctx configs to load into): ``kind -> [notes]``
-MMSEG_HEAD_NOTES = {}
+MMSEG_HEAD_NOTES = {
+    'PSAHead': ['mask_size, psa_type (collect / distribute when there is no reduce_p), '
+                'compact, shrink_factor, normalization_factor, psa_softmax cannot be told '
+                "from the keys: keep the upstream config's", 'configs/psanet/psanet_*.py '
+                '(mmctx.PointwiseSpatialHead: PSAHead with a PointwiseSpatialBlock)'],
+    'ISAHead': ['down_factor (mmseg default (8, 8)) cannot be told from the keys: keep '
+                "the upstream config's", 'configs/isanet/isanet_*.py (InterlacedSparseBlock '
+                'in ContextHead)'],
+    'ANNHead': ['query_scales / key_pool_scales cannot be told from the keys: keep the '
+                "upstream config's", 'configs/ann/ann_*.py (mmctx.AsymmetricNonLocalHead: '
+                'ANNHead with two AsymmetricNonLocalBlocks, not ContextHead)'],
+    'DAHead': ['configs/danet/danet_*.py (mmctx.DualAttentionHead: DAHead with a '
+               'DualAttentionBlock)'],
+    'OCRHead': ['scale (mmseg default 1) cannot be told from the keys: keep the upstream '
+                "config's", 'configs/ocrnet/ocrnet_r*-d8_*.py (mmctx.ObjectContextHead after '
+                "mmseg's FCNHead, a CascadeEncoderDecoder)"],
+    'APCHead': ['pool_scales: one ACM per scale s, its gla conv has s*s outputs; keep the '
+                "upstream config's", 'configs/apcnet/apcnet_*.py (mmctx.AdaptiveContextHead: '
+                'APCHead with an AdaptiveContextBlock)'],
+}
 
 #: mmdet ResNet plugin -> (key pattern, block-level kind, mmctx block, its module name)
 MMDET_PLUGINS = {
@@ -99,7 +152,7 @@ def detect_kind(state_dict: Dict) -> str:
     """Which upstream head a segmentor state dict holds, from its keys."""
     found = [kind for kind, (prefix, *_) in MMSEG_HEADS.items()
              if any(k.startswith(prefix) for k in state_dict)]
-    found += [kind for kind, (key, _, _) in MMSEG_RENAMED_HEADS.items() if key in state_dict]
+    found += [kind for kind, (key, *_) in MMSEG_RENAMED_HEADS.items() if key in state_dict]
     if len(found) == 1:
         return found[0]
     if not found:
@@ -107,7 +160,7 @@ def detect_kind(state_dict: Dict) -> str:
         raise ConversionError(
             'found no mmseg NLHead / DNLHead / GCHead block in this checkpoint, nor a '
             f'CCHead (looked for keys starting with {[p for p, *_ in MMSEG_HEADS.values()]}), no '
-            f'EMAHead / LightHamHead ({[k for k, _, _ in MMSEG_RENAMED_HEADS.values()]}), no '
+            f'{" / ".join(MMSEG_RENAMED_HEADS)} ({[k for k, *_ in MMSEG_RENAMED_HEADS.values()]}), no '
             'mmdet ContextBlock backbone plugin (keys backbone.layer<i>.<j>.'
             'context_block.*), no mmaction2 NonLocal3d (keys backbone.layer<i>.<j>.'
             'non_local_block.*) and no official LESA module (keys [backbone.]layer<i>.<j>.'
@@ -173,6 +226,19 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
         return out, kind
     src, block_kind, _, dst = MMSEG_HEADS[kind]
     return convert_block_state_dict(state_dict, block_kind, src, dst), kind
+
+
+#: heads whose mmctx counterpart is a documented head variant, not ContextHead
+MMSEG_TARGET_HEADS = {'DAHead': 'mmctx.DualAttentionHead',
+                      'ANNHead': 'mmctx.AsymmetricNonLocalHead',
+                      'OCRHead': 'mmctx.ObjectContextHead',
+                      'APCHead': 'mmctx.AdaptiveContextHead',
+                      'PSAHead': 'mmctx.PointwiseSpatialHead'}
+
+
+def mmseg_target_head(kind: str) -> str:
+    """The mmctx head a converted mmseg head becomes."""
+    return MMSEG_TARGET_HEADS.get(kind, 'mmctx.ContextHead')
 
 
 def mmseg_target_block(kind: str) -> str:

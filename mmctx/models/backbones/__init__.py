@@ -2,6 +2,7 @@
 import importlib.util
 
 from . import lesa_resnet  # noqa: F401  (LESAResNet / LESAResNetV1c where mmdet / mmseg are)
+from . import lr_resnet  # noqa: F401  (LRResNet where mmpretrain is)
 from .lesa_resnet import LESAResNetMixin
 from .tiny_convnet import TinyConvNet
 
