@@ -394,7 +394,7 @@ def test_term_shares_cli_matches_a_hand_computation(trained, tmp_path):
 
 
 def test_help():
-    for name in ('attention_maps', 'query_independence', 'term_shares'):
+    for name in ('attention_maps', 'query_independence', 'term_shares', 'consistency'):
         with pytest.raises(SystemExit) as e:
             cli(name).main(['--help'])
         assert e.value.code == 0
@@ -449,3 +449,86 @@ def test_collect_attention_two_input_blocks_and_block_sized_guard():
     with pytest.raises(ValueError, match=r'block afnb: the explicit attention map would have '
                        r'28,160 elements'):
         collect_attention(model, x, max_map_elements=20000)
+
+
+def test_consistency_cli(trained, tmp_path, capsys):
+    """DNL's pairwise/unary rows from the config's split, the --images/--labels form
+    gives the same numbers, bad input is a parser error."""
+    from mmctx.analysis import load_segmentor
+    from mmctx.analysis.consistency import consistency, labelled_split
+    main = cli('consistency').main
+    config, ckpt = trained['dnl']
+    root = trained['root']
+    opts = ['--cfg-options', f'val_dataloader.dataset.data_root={root}']
+    out = tmp_path / 'split'
+    assert main([config, ckpt, '--split', 'val', *opts, '--num-queries', '64',
+                 '--out-dir', str(out)]) == 0
+    rows = [[c.strip() for c in r.strip('|').split('|')]
+            for r in table_rows(open(out / 'consistency.md').read())]
+    assert [r[3] for r in rows] == ['pairwise', 'unary']
+    assert rows[0][1] == 'DisentangledNonLocalBlock' and rows[0][-1] == '2'
+    for r in rows:  # "mass (chance)" cells: fractions
+        mass, chance = r[4].replace('(', '').replace(')', '').split()
+        assert 0 <= float(mass) <= 1 and 0 < float(chance) < 1
+    assert osp.getsize(out / 'consistency.png') > 1000
+    assert '[consistency] image 2/2' in capsys.readouterr().out
+    # the same numbers from the function, on the same files given by glob
+    model = load_segmentor(config, ckpt, cfg_options={
+        'val_dataloader.dataset.data_root': root})
+    images, labels = labelled_split(model, 'val')
+    (row, ) = consistency(model, images, labels, num_queries=64)
+    assert rows[0][4].startswith(f"{row['pairwise_within_mass']:.3f}")
+    out2 = tmp_path / 'globs'
+    assert main([config, ckpt, '--images', osp.join(root, 'img_dir', 'val', '*.png'),
+                 '--labels', osp.join(root, 'ann_dir', 'val', '*.png'), '--num-queries',
+                 '64', '--out-dir', str(out2)]) == 0
+    assert open(out2 / 'consistency.md').read().split('\n')[6:] == \
+        open(out / 'consistency.md').read().split('\n')[6:]
+    with pytest.raises(SystemExit):
+        main([config, ckpt, '--images', osp.join(root, 'img_dir', 'val', '*.png'),
+              '--out-dir', str(out2)])
+    assert '--images and --labels go together' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('kind, upstream_cfg', [
+    ('NLHead', 'mmseg::nonlocal_net/nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    ('DNLHead', 'mmseg::dnlnet/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    ('GCHead', 'mmseg::gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+])
+def test_upstream_config_and_checkpoint_analysed_directly(kind, upstream_cfg, tmp_path):
+    """An mmseg config + checkpoint goes straight into the analysis: the head becomes
+    its mmctx equivalent, the checkpoint is converted in memory, the logits are the
+    upstream model's, and the CLI runs."""
+    from mmengine.config import Config
+
+    from mmctx.analysis import load_segmentor
+
+    from .test_seg import build_segmentor, randomize_segmentor
+    cfg_path = tmp_path / 'upstream_cfg.py'
+    cfg_path.write_text(f'_base_ = [{upstream_cfg!r}]\n')
+    upstream = build_segmentor(Config.fromfile(str(cfg_path)))
+    assert type(upstream.decode_head).__name__ == kind
+    randomize_segmentor(upstream)
+    ckpt = str(tmp_path / 'upstream.pth')
+    torch.save(dict(state_dict=upstream.state_dict()), ckpt)
+    model = load_segmentor(str(cfg_path), ckpt,
+                           cfg_options={'test_pipeline.1.scale': (96, 64)})  # no resize
+    assert model.converted_from == kind and type(model.decode_head).__name__ == 'ContextHead'
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = upstream.eval()(x, mode='tensor'), model(x, mode='tensor')
+    assert a.abs().max() > 0.1
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
+    (row, ) = query_independence(model, [image], num_queries=8)
+    assert row['block'].startswith('decode_head.') and row['shape'] == (8, 12)
+    if kind == 'NLHead':  # the CLI, on the upstream files as they are
+        out = tmp_path / 'qi'
+        cfg_opts = ['--cfg-options', 'test_pipeline.1.scale=(96,64)']
+        img = tmp_path / 'img.png'
+        from PIL import Image
+        Image.fromarray(image).save(img)
+        assert cli('query_independence').main([str(cfg_path), ckpt, '--images', str(img),
+                                               '--num-queries', '8', *cfg_opts,
+                                               '--out-dir', str(out)]) == 0
+        assert 'NonLocalBlock' in open(out / 'query_independence.md').read()

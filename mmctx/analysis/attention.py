@@ -65,8 +65,39 @@ def load_segmentor(config, checkpoint: Optional[str], device: str = 'cpu',
     if cfg_options:
         config.merge_from_dict(cfg_options)
     syncbn_to_bn(config._cfg_dict)
-    model = init_model(config, checkpoint, device=device)
+    upstream = _upstream_head(config)
+    if upstream is None:
+        model = init_model(config, checkpoint, device=device)
+        return model.eval()
+    # an mmseg NL / DNL / GC / CC / DA model: its mmctx equivalent, the checkpoint
+    # converted in memory (tools/convert_upstream.py's conversion, nothing written)
+    from mmctx.models.convert import convert_mmseg_segmentor
+    model = init_model(config, None, device=device)
+    if checkpoint is not None:
+        ckpt = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+        converted, kind = convert_mmseg_segmentor(state)
+        if kind != upstream:
+            raise ValueError(f'the config has an mmseg {upstream}, the checkpoint holds '
+                             f'a {kind}')
+        model.load_state_dict(converted, strict=True)
+    model.converted_from = upstream
     return model.eval()
+
+
+def _upstream_head(config) -> Optional[str]:
+    """Rewrite an mmseg head the converter knows to its mmctx equivalent in
+    ``config`` (in place); returns the upstream head's name, or None."""
+    from mmctx.models.convert import mmctx_head_config
+    head = config.model.get('decode_head')
+    if not isinstance(head, dict):
+        return None
+    new = mmctx_head_config(head)
+    if new is None:
+        return None
+    kind = str(head['type']).split('.')[-1]
+    config.model.decode_head = new
+    return kind
 
 
 def context_blocks(model: nn.Module) -> 'OrderedDict[str, nn.Module]':

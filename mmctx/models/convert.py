@@ -469,3 +469,48 @@ def convert_checkpoint(state_dict: Dict) -> Tuple['OrderedDict', str, str]:
         return converted, 'mmaction', kind
     converted, kind = convert_mmseg_segmentor(state_dict)
     return converted, 'mmseg', kind
+
+
+# ------------------------------------------------------ upstream configs in memory
+#: the block arguments an mmseg head takes, by head: (mmctx head, block type, {mmseg
+#: head argument: block argument}, fixed block arguments, whether the block gets the
+#: head's norm_cfg). Heads not listed keep their type (their mmctx config differs more).
+MMSEG_HEAD_CONFIGS = {
+    'NLHead': ('mmctx.ContextHead', 'mmctx.NonLocalBlock',
+               dict(reduction='reduction', use_scale='use_scale', mode='mode'), {}, True),
+    'DNLHead': ('mmctx.ContextHead', 'mmctx.DisentangledNonLocalBlock',
+                dict(reduction='reduction', use_scale='use_scale', mode='mode',
+                     temperature='temperature'), dict(preset='mmseg'), True),
+    'GCHead': ('mmctx.ContextHead', 'mmctx.GlobalContextBlock',
+               dict(ratio='ratio', pooling_type='pooling_type',
+                    fusion_types='fusion_types'), {}, False),
+    'CCHead': ('mmctx.ContextHead', 'mmctx.CrissCrossBlock',
+               dict(recurrence='recurrence'), {}, False),
+}
+#: mmseg defaults of those arguments (the block's defaults may differ)
+_MMSEG_HEAD_DEFAULTS = {
+    'NLHead': dict(reduction=2, use_scale=True, mode='embedded_gaussian'),
+    'DNLHead': dict(reduction=2, use_scale=True, mode='embedded_gaussian', temperature=0.05),
+    'GCHead': dict(ratio=1 / 4., pooling_type='att', fusion_types=('channel_add', )),
+    'CCHead': dict(recurrence=2),
+}
+
+
+def mmctx_head_config(head: Dict) -> Optional[Dict]:
+    """The mmctx head config equivalent to an mmseg ``NLHead`` / ``DNLHead`` /
+    ``GCHead`` / ``CCHead`` / ``DAHead`` config (a converted checkpoint of the upstream
+    model loads into it strictly), or None for any other head."""
+    kind = str(head.get('type', '')).split('.')[-1]
+    if kind == 'DAHead':
+        return dict(head, type='mmctx.DualAttentionHead')
+    if kind not in MMSEG_HEAD_CONFIGS:
+        return None
+    target, block_type, args, fixed, norm = MMSEG_HEAD_CONFIGS[kind]
+    out = {k: v for k, v in head.items() if k not in args and k != 'type'}
+    block = dict(type=block_type, **fixed)
+    for src, dst in args.items():
+        block[dst] = head.get(src, _MMSEG_HEAD_DEFAULTS[kind][src])
+    if norm and head.get('norm_cfg') is not None:
+        block['norm_cfg'] = head['norm_cfg']
+    out.update(type=target, block=block)
+    return out
