@@ -11,7 +11,7 @@ from mmctx.models.blocks import ObjectContextBlock
 from mmctx.models.convert import convert_mmseg_segmentor, mmseg_target_block
 from mmctx.models.heads import ObjectContextHead
 
-from .conftest import bn, conv1x1
+from .conftest import bn, conv1x1, randomize
 
 SIZES = {1: [(7, ), (12, )], 2: [(5, 7), (3, 11)], 3: [(2, 3, 5), (3, 2, 3)]}
 NORM = dict(conv_cfg=None, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))
@@ -19,16 +19,7 @@ NORM = dict(conv_cfg=None, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))
 
 def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.5) -> torch.nn.Module:
     """Random weights and BN statistics, so that no term is trivially zero."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
-        for name, b in module.named_buffers():
-            if name.endswith('running_var'):
-                b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + 0.5)
-            elif name.endswith('running_mean'):
-                b.copy_(torch.randn(b.shape, generator=gen, dtype=b.dtype) * 0.1)
-    return module
+    return randomize(module, std=std, seed=seed)
 
 
 # ------------------------------------------------------------------ arguments
