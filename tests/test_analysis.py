@@ -532,3 +532,19 @@ def test_upstream_config_and_checkpoint_analysed_directly(kind, upstream_cfg, tm
                                                '--num-queries', '8', *cfg_opts,
                                                '--out-dir', str(out)]) == 0
         assert 'NonLocalBlock' in open(out / 'query_independence.md').read()
+
+
+def test_query_independence_figure_keeps_many_labels_apart(tmp_path):
+    """Horizontal bars, one row per block: the figure grows with the blocks, so the
+    labels of a whole demo's blocks (15+) never overlap."""
+    from PIL import Image
+
+    from mmctx.analysis import write_query_independence
+    rows = [dict(block=f'model{i}: decode_head.pairwise_nl_block', type='PairwiseNonLocalBlock',
+                 terms=['pairwise'], shape=(24, 24), num_queries=8, num_images=1,
+                 cosine_distance=0.05 * i, js_divergence=0.02 * i, pairwise_cosine_distance=0.1,
+                 pairwise_js_divergence=0.1, input_cosine_distance=0.4,
+                 feature_cosine_distance=0.2, residual=0.5) for i in range(16)]
+    _, png = write_query_independence(rows, str(tmp_path))
+    w, h = Image.open(png).size
+    assert h >= 16 * 85 and w >= 1000  # ≥ 0.85 inch (85 px) per label row

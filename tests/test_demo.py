@@ -1,4 +1,5 @@
 """README command 1 (tools/demo.py), shortened: its report shows what the runs measured."""
+import glob
 import json
 import os.path as osp
 import re
@@ -14,6 +15,14 @@ def test_demo_writes_a_report_of_what_it_measured(tmp_path):
     # progress: one line per run, the report path at the end
     assert re.search(r'\[1/3\] baseline-global: mIoU [\d.]+ in', proc.stdout)
     assert 'report: ' + osp.join(work, 'report.md') in proc.stdout
+    # the console shows the demo's own lines only (no upstream warnings or log lines)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    stray = [line for line in lines
+             if not line.startswith(('[demo ', '    [', '  ContextShapes-'))]
+    assert not stray, stray
+    # ... while each run's log file keeps mmengine's full log
+    (log, ) = glob.glob(osp.join(work, 'dnl-global', '*', '*.log'))
+    assert 'Exp name: dnl-global' in open(log).read()
     assert osp.isfile(osp.join(data, 'global', 'img_dir', 'val', '00003.png'))
 
     results = json.load(open(osp.join(work, 'results.json')))

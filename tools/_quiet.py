@@ -28,6 +28,7 @@ UPSTREAM_WARNINGS = (
 UPSTREAM_LOG_WARNINGS = (
     '"FileClient" will be deprecated in future',
     '"HardDiskBackend" is the alias of "LocalBackend"',
+    'The prefix is not set in metric class',  # mmseg's IoUMetric, every validation
 )
 
 

@@ -21,8 +21,11 @@ _sys.path.insert(0, _osp.dirname(_osp.abspath(__file__)))
 import _quiet  # noqa: E402  first: hides the known upstream deprecation warnings
 
 import argparse
+import contextlib
 import glob
+import io
 import json
+import logging
 import os
 import os.path as osp
 import platform
@@ -135,15 +138,22 @@ def train_one(model: str, variant: str, data_root: str, work_dir: str, iters, ta
                         'default_hooks.checkpoint.interval': iters})
     run_dir = osp.join(work_dir, f'{model}-{variant}')
     prepare_cfg(cfg, config_path=config, work_dir=run_dir, cfg_options=options)
-    cfg.log_level = 'WARNING'  # the demo prints its own progress; scalars go to vis_data
+    cfg.log_level = 'INFO'  # the run's log file keeps everything (scalars: vis_data)
     cfg.experiment_name = f'{model}-{variant}-{time.strftime("%Y%m%d_%H%M%S")}'
     # mmengine reuses a visualizer of the same name: a fixed name (mmseg's default
     # runtime says 'visualizer') would send every run's scalars to the first run's dir
     cfg.visualizer.name = f'visualizer-{cfg.experiment_name}'
     max_iters = cfg.train_cfg.max_iters
     progress = Progress(tag, interval=max(max_iters // 4, 1))
-    runner = Runner.from_cfg(cfg)
-    _quiet.filter_logger(runner.logger)
+    # the console shows the demo's own lines: mmengine's console handler (created with
+    # the runner, which logs the environment at once) is silenced up to errors; the
+    # run's log file keeps mmengine's full log
+    with contextlib.redirect_stdout(io.StringIO()):
+        runner = Runner.from_cfg(cfg)
+    for handler in runner.logger.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setStream(sys.stdout)
+            handler.setLevel(logging.ERROR)
     runner.register_hook(progress.hook, priority='LOW')
     runner.train()
     seconds = time.time() - progress.start
@@ -213,6 +223,12 @@ def analyse(rows: list, data_root: str, out_dir: str, log) -> tuple:
     """Analysis figures of the trained models; returns (figures, notes)."""
     notes = []
     from mmctx import analysis
+
+    def load(config, checkpoint):
+        # mmseg's init_model prints every checkpoint it loads ("Loads checkpoint by
+        # local backend ..."): the demo says what it analyses itself
+        with contextlib.redirect_stdout(io.StringIO()):
+            return analysis.load_segmentor(config, checkpoint)
     trained = {(r['model'], r['variant']): r for r in rows if r.get('checkpoint')}
     os.makedirs(out_dir, exist_ok=True)
     attention, independence, shares = [], [], []  # figures, in the report's order
@@ -225,7 +241,7 @@ def analyse(rows: list, data_root: str, out_dir: str, log) -> tuple:
                 if v != variant or name == 'baseline':
                     continue
                 # each checkpoint is loaded once, for every analysis of it
-                net = analysis.load_segmentor(osp.join(ROOT, r['config']), r['checkpoint'])
+                net = load(osp.join(ROOT, r['config']), r['checkpoint'])
                 log(f'analysis: query independence of {name} ({variant})')
                 for row in analysis.query_independence(net, images):
                     qi_rows.append(dict(row, block=f"{name}: {row['block']}"))

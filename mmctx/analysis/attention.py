@@ -607,18 +607,22 @@ def write_query_independence(rows: List[dict], out_dir: str,
     keys = [('cosine_distance', 'att cos'), ('js_divergence', 'att JS'),
             ('input_cosine_distance', 'input cos'),
             ('feature_cosine_distance', 'output cos')]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
-    width = 0.8 / len(keys)
+    # horizontal bars, one group per block: the labels get the figure's whole left
+    # side (side by side under vertical bars they overlap once there are many blocks)
+    fig, ax = plt.subplots(figsize=(11, 0.9 * len(rows) + 1.4))
+    height = 0.8 / len(keys)
     for i, (key, label) in enumerate(keys):
         values = [r[key] if r[key] is not None and not math.isnan(r[key]) else 0.
                   for r in rows]
-        ax.bar(np.arange(len(rows)) + i * width, values, width, label=label)
-    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
-    ax.set_xticklabels([f'{r["block"]}\n{r["type"].split(" ")[0]}' for r in rows],
-                       fontsize=7)
-    ax.set_ylabel('distance (0 = query-independent)')
+        ax.barh(np.arange(len(rows)) + i * height, values, height, label=label)
+    ax.set_yticks(np.arange(len(rows)) + 0.4 - height / 2)
+    ax.set_yticklabels([f'{r["block"]}  ({r["type"].split(" ")[0]})' for r in rows],
+                       fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel('distance (0 = query-independent)')
     ax.set_title(title or 'query independence', fontsize=9)
-    ax.legend(fontsize=7)
+    ax.grid(axis='x', alpha=0.3)
+    ax.legend(fontsize=7, loc='lower right')
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
