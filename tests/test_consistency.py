@@ -106,3 +106,61 @@ def test_nl_split_is_the_identity_of_the_paper(mode):
     assert not torch.allclose(parts['pairwise'], maps['pairwise'], atol=1e-3)
     with pytest.raises(ValueError, match='applies to a plain NL block'):
         nl_split(DisentangledNonLocalBlock(8), x)
+
+
+@pytest.mark.parametrize('dataset', ['cityscapes', 'ade20k'])
+def test_consistency_on_tiny_cityscapes_and_ade20k(dataset, tmp_path, tiny_cityscapes):
+    """The real layouts through the configs' own splits: Cityscapes' labelTrainIds (255
+    ignored) and ADE20K's reduce_zero_label (0 → ignored); the label map the statistics
+    read is the one mmseg's LoadAnnotations gives, downsampled to the block's grid."""
+    import os.path as osp
+
+    from mmcv.transforms import LoadImageFromFile
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    from mmctx.analysis import consistency, labelled_split, load_segmentor
+    from mmctx.analysis.consistency import _label_on_input, _reduce_zero_label
+    from mmctx.testing import make_ade20k
+
+    from .conftest import ROOT
+    if dataset == 'cityscapes':
+        root = tiny_cityscapes
+        config = 'configs/dnl/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py'
+        scale = (192, 96)
+    else:
+        root = make_ade20k(str(tmp_path / 'ade'), splits=dict(training=1, validation=2),
+                           size=(64, 96))
+        config = 'configs/dnl/dnl_r50-d8_4xb4-80k_ade20k-512x512.py'
+        scale = (96, 64)
+    opts = {'val_dataloader.dataset.data_root': root, 'test_pipeline.1.scale': scale,
+            'model.backbone.base_channels': 16, 'model.backbone.stem_channels': 16,
+            'model.decode_head.in_channels': 512, 'model.decode_head.channels': 16,
+            'model.auxiliary_head.in_channels': 256}
+    model = load_segmentor(osp.join(ROOT, config), None, cfg_options=opts)
+    for block in context_blocks(model).values():
+        randomize(block, std=0.3)
+    assert _reduce_zero_label(model) == (dataset == 'ade20k')
+    images, labels = labelled_split(model, 'val')
+    assert len(images) == 2 and all(osp.isfile(p) for p in labels)
+    # the label map at the input: what mmseg's own LoadAnnotations reads
+    packed = LoadAnnotations(reduce_zero_label=dataset == 'ade20k')(
+        LoadImageFromFile()(dict(img_path=images[0], seg_map_path=labels[0],
+                                 reduce_zero_label=dataset == 'ade20k', seg_fields=[])))
+    ref = torch.from_numpy(packed['gt_seg_map'].astype(np.int64))
+    h, w = ref.shape
+    gt = _label_on_input(labels[0], dict(img_shape=(h, w)), (h, w), dataset == 'ade20k', 255)
+    assert torch.equal(gt, ref) and (gt == 255).any() and (gt != 255).any()
+    rows = consistency(model, images, labels, num_queries=64)
+    (row, ) = rows
+    assert row['type'] == 'DisentangledNonLocalBlock' and row['num_images'] == 2
+    for term in ('pairwise', 'unary'):
+        for mask in ('within', 'boundary_r1', 'boundary_r3'):
+            assert 0 <= row[f'{term}_{mask}_mass'] <= 1
+            assert 0 < row[f'{term}_{mask}_chance'] < 1
+    # a wider radius marks more cells as boundary
+    assert row['unary_boundary_r3_chance'] > row['unary_boundary_r1_chance']
+
+
+def context_blocks(model):
+    from mmctx.analysis import context_blocks as blocks
+    return blocks(model)
