@@ -89,8 +89,8 @@ def _rows_stats(maps: torch.Tensor, masks: torch.Tensor) -> Tuple[float, float, 
 def consistency_statistics(labels: torch.Tensor, pairwise: Optional[torch.Tensor] = None,
                            unary: Optional[torch.Tensor] = None,
                            radii: Sequence[int] = RADII, num_queries: int = 1024,
-                           seed: int = 0, ignore_index: int = IGNORE_INDEX,
-                           valid: Optional[torch.Tensor] = None) -> Dict[str, float]:
+                           seed: int = 0, ignore_index: int = IGNORE_INDEX
+                           ) -> Dict[str, float]:
     """The statistics of one image.
 
     Args:
@@ -100,17 +100,13 @@ def consistency_statistics(labels: torch.Tensor, pairwise: Optional[torch.Tensor
         radii: boundary radii.
         num_queries: valid queries sampled (seeded) for the pairwise statistics; all
             of them when there are fewer.
-        valid: optional ``(h, w)`` bool of positions inside the image (False: batch
-            padding), on top of ``labels != ignore_index``.
 
     Returns:
         ``{'<map>_<mask>_{mass,chance,r}': value}`` for map ∈ {pairwise, unary} and
         mask ∈ {within, boundary_r<r>}, plus ``num_queries`` and ``num_keys``.
     """
     h, w = labels.shape
-    keep = (labels != ignore_index).flatten()
-    if valid is not None:
-        keep &= valid.flatten()
+    keep = (labels != ignore_index).flatten()  # the batch padding is ignore_index too
     keys = keep.nonzero().flatten()
     if len(keys) < 2:
         raise ValueError(f'fewer than 2 labelled positions on the {h}x{w} grid: nothing '

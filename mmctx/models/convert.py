@@ -107,11 +107,8 @@ MMSEG_RENAMED_HEADS = {
         for m in ('reduce', 'attention', 'reduce_p', 'attention_p', 'proj')
     ], 'mmctx.PointwiseSpatialBlock'),
 }
-#: optional per-head value fix applied after renaming a MMSEG_RENAMED_HEADS head:
-#: ``kind -> fn(key, value) -> (key, value)`` (for layers whose tensors change shape).
-#: Every renamed head also gets the generic mmcv ``Scale`` fix: ``<m>.gamma.scale``
-#: (0-dim) → ``<m>.gamma`` (shape ``(1, )``), the γ of every mmctx block.
-MMSEG_RENAMED_FIXES = {}
+#: Every renamed head gets the generic mmcv ``Scale`` fix: ``<m>.gamma.scale`` (0-dim)
+#: → ``<m>.gamma`` (shape ``(1, )``), the γ of every mmctx block.
 #: what the converter prints for a head whose keys say nothing more (options to keep
 #: from the upstream config, the mmctx configs to load into): ``kind -> [notes]``
 MMSEG_HEAD_NOTES = {
@@ -212,7 +209,6 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
     kind = detect_kind(state_dict)
     if kind in MMSEG_RENAMED_HEADS:
         renames = MMSEG_RENAMED_HEADS[kind][1]
-        fix = MMSEG_RENAMED_FIXES.get(kind)
         out = OrderedDict()
         for k, v in state_dict.items():
             src = next((a for a, _ in renames if k.startswith(a)), None)
@@ -220,8 +216,6 @@ def convert_mmseg_segmentor(state_dict: Dict) -> Tuple['OrderedDict', str]:
                 k = dict(renames)[src] + k[len(src):]
                 if k.endswith('.gamma.scale') and v.dim() == 0:  # mmcv Scale -> γ (1, )
                     k, v = k[:-len('.scale')], v.reshape(1)
-                if fix is not None:
-                    k, v = fix(k, v)
             out[k] = v
         return out, kind
     src, block_kind, _, dst = MMSEG_HEADS[kind]
@@ -487,13 +481,15 @@ MMSEG_HEAD_CONFIGS = {
     'CCHead': ('mmctx.ContextHead', 'mmctx.CrissCrossBlock',
                dict(recurrence='recurrence'), {}, False),
 }
-#: mmseg defaults of those arguments (the block's defaults may differ)
-_MMSEG_HEAD_DEFAULTS = {
-    'NLHead': dict(reduction=2, use_scale=True, mode='embedded_gaussian'),
-    'DNLHead': dict(reduction=2, use_scale=True, mode='embedded_gaussian', temperature=0.05),
-    'GCHead': dict(ratio=1 / 4., pooling_type='att', fusion_types=('channel_add', )),
-    'CCHead': dict(recurrence=2),
-}
+
+
+def _mmseg_default(kind: str, arg: str):
+    """The default of an mmseg head's argument, from its signature (the block's own
+    default may differ)."""
+    import inspect
+
+    from mmseg.registry import MODELS
+    return inspect.signature(MODELS.get(kind).__init__).parameters[arg].default
 
 
 def mmctx_head_config(head: Dict) -> Optional[Dict]:
@@ -502,14 +498,14 @@ def mmctx_head_config(head: Dict) -> Optional[Dict]:
     model loads into it strictly), or None for any other head."""
     kind = str(head.get('type', '')).split('.')[-1]
     if kind == 'DAHead':
-        return dict(head, type='mmctx.DualAttentionHead')
+        return dict(head, type=MMSEG_TARGET_HEADS[kind])
     if kind not in MMSEG_HEAD_CONFIGS:
         return None
     target, block_type, args, fixed, norm = MMSEG_HEAD_CONFIGS[kind]
     out = {k: v for k, v in head.items() if k not in args and k != 'type'}
     block = dict(type=block_type, **fixed)
     for src, dst in args.items():
-        block[dst] = head.get(src, _MMSEG_HEAD_DEFAULTS[kind][src])
+        block[dst] = head[src] if src in head else _mmseg_default(kind, src)
     if norm and head.get('norm_cfg') is not None:
         block['norm_cfg'] = head['norm_cfg']
     out.update(type=target, block=block)

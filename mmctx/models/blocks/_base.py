@@ -33,6 +33,13 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_cfg(name: str, cfg: Any) -> Optional[dict]:
+    """An mmcv layer config (``norm_cfg``, ``act_cfg``): None or a dict with a "type"."""
+    if cfg is not None and (not isinstance(cfg, dict) or 'type' not in cfg):
+        raise TypeError(f'{name} must be None or a dict with a "type", got {cfg!r}')
+    return cfg
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     if value not in choices:
         raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')

@@ -68,7 +68,7 @@ from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
 from ._base import ContextBlockBase, check_bool, check_int, no_autocast, pointwise, upcast
-from .object_context import conv_module
+from .projected_attention import conv_module
 
 Maps = Dict[str, torch.Tensor]
 _POOLS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)

@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_int, pointwise
+from ._base import ContextBlockBase, check_cfg, check_int, pointwise
 from .projected_attention import ProjectedAttention, conv_modules
 
 Maps = Dict[str, torch.Tensor]
@@ -166,9 +166,7 @@ class AsymmetricNonLocalBlock(ContextBlockBase):
         self.query_scales = check_scales('query_scales', query_scales)
         self.key_in_channels = (None if key_in_channels is None
                                 else check_int('key_in_channels', key_in_channels))
-        for name, cfg in (('norm_cfg', norm_cfg), ('act_cfg', act_cfg)):
-            if cfg is not None and (not isinstance(cfg, dict) or 'type' not in cfg):
-                raise TypeError(f'{name} must be None or a dict with a "type", got {cfg!r}')
+        check_cfg('norm_cfg', norm_cfg), check_cfg('act_cfg', act_cfg)
         fusion = self.key_in_channels is not None
         self.stages = nn.ModuleList([
             PyramidStage(in_channels, self.key_in_channels if fusion else in_channels,

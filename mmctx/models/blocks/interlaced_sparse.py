@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_int
+from ._base import ContextBlockBase, check_cfg, check_int
 from .projected_attention import ProjectedAttention, conv_modules
 
 Maps = Dict[str, torch.Tensor]
@@ -137,9 +137,7 @@ class InterlacedSparseBlock(ContextBlockBase):
         self.down_factor = check_sizes('down_factor', down_factor, dim)
         self.isa_channels = (max(1, in_channels // 2) if isa_channels is None
                              else check_int('isa_channels', isa_channels))
-        for name, cfg in (('norm_cfg', norm_cfg), ('act_cfg', act_cfg)):
-            if cfg is not None and (not isinstance(cfg, dict) or 'type' not in cfg):
-                raise TypeError(f'{name} must be None or a dict with a "type", got {cfg!r}')
+        check_cfg('norm_cfg', norm_cfg), check_cfg('act_cfg', act_cfg)
         self.norm_cfg, self.act_cfg = norm_cfg, act_cfg
         self.global_relation = Relation(in_channels, self.isa_channels, norm_cfg,
                                         act_cfg, dim)

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ._base import ContextBlockBase
+from ._base import ContextBlockBase, check_cfg
 
 Features = Dict[str, torch.Tensor]
 
@@ -40,10 +40,8 @@ Features = Dict[str, torch.Tensor]
 def norm_cfg_for(norm_cfg: Optional[dict], dim: int) -> Optional[dict]:
     """mmcv's ``'BN'`` is 2-D: ``'BN1d'`` / ``'BN3d'`` for ``dim`` 1 / 3 (other norms,
     e.g. ``SyncBN`` and ``GN``, work for any rank)."""
-    if norm_cfg is None:
+    if check_cfg('norm_cfg', norm_cfg) is None:
         return None
-    if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
-        raise TypeError(f'norm_cfg must be None or a dict with a "type", got {norm_cfg!r}')
     cfg = dict(norm_cfg)
     if cfg['type'] in ('BN', 'BN2d') and dim != 2:
         cfg['type'] = f'BN{dim}d'

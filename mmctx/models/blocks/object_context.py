@@ -74,18 +74,10 @@ from mmcv.cnn import ConvModule
 from ...registry import MODELS
 from ._base import ContextBlockBase, check_int, no_autocast, pointwise, upcast
 from .attention import softmax_attention
-from .low_rank import norm_cfg_for
 from .non_local import flatten, unflatten
+from .projected_attention import conv_module
 
 Maps = Dict[str, torch.Tensor]
-
-
-def conv_module(dim: int, in_channels: int, out_channels: int, norm_cfg: Optional[dict],
-                act_cfg: Optional[dict], kernel_size: int = 1) -> ConvModule:
-    """mmcv ``ConvModule`` (conv → norm → act) of spatial rank ``dim``, 'same' padding."""
-    return ConvModule(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                      conv_cfg=dict(type=f'Conv{dim}d'), norm_cfg=norm_cfg_for(norm_cfg, dim),
-                      act_cfg=act_cfg)
 
 
 def check_scale(name: str, value) -> float:

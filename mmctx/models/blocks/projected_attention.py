@@ -25,14 +25,20 @@ from .low_rank import norm_cfg_for
 from .non_local import flatten, unflatten
 
 
+def conv_module(dim: int, in_channels: int, out_channels: int, norm_cfg: Optional[dict],
+                act_cfg: Optional[dict], kernel_size: int = 1) -> ConvModule:
+    """mmcv ``ConvModule`` (conv → norm → act) of spatial rank ``dim``, 'same' padding."""
+    return ConvModule(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                      conv_cfg=dict(type=f'Conv{dim}d'), norm_cfg=norm_cfg_for(norm_cfg, dim),
+                      act_cfg=act_cfg)
+
+
 def conv_modules(in_channels: int, out_channels: int, num_convs: int,
                  norm_cfg: Optional[dict], act_cfg: Optional[dict], dim: int) -> nn.Module:
     """``num_convs`` 1×1 ConvModules (one: the module itself, more: an ``nn.Sequential``
     numbered from 0), the layout of mmseg's ``build_project``."""
-    conv_cfg, norm = dict(type=f'Conv{dim}d'), norm_cfg_for(norm_cfg, dim)
-    convs = [ConvModule(in_channels if i == 0 else out_channels, out_channels, 1,
-                        conv_cfg=conv_cfg, norm_cfg=norm, act_cfg=act_cfg)
-             for i in range(num_convs)]
+    convs = [conv_module(dim, in_channels if i == 0 else out_channels, out_channels,
+                         norm_cfg, act_cfg) for i in range(num_convs)]
     return convs[0] if num_convs == 1 else nn.Sequential(*convs)
 
 
