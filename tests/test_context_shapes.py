@@ -23,8 +23,12 @@ def test_bad_arguments():
     rng = np.random.RandomState(0)
     with pytest.raises(ValueError, match=r"variant must be one of \['global', 'paired'\]"):
         make_sample('local', rng)
-    with pytest.raises(ValueError, match='size must be an int >= 48'):
+    with pytest.raises(ValueError, match="size must be an int >= 48 for 'global'"):
         make_sample('global', rng, size=32)
+    with pytest.raises(ValueError, match="size must be an int >= 64 for 'paired'"):
+        make_sample('paired', rng, size=48)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        generate_context_shapes('/tmp/unused', 'local')
     with pytest.raises(ValueError, match='num_train must be an int >= 1, got 0'):
         generate_context_shapes('/tmp/unused', 'global', num_train=0)
 
@@ -68,9 +72,12 @@ def test_dataset_loads_through_the_mmseg_pipeline(tmp_path):
     assert len(dataset) == 2
     assert dataset.metainfo['classes'] == cs.CLASSES
     sample = dataset[0]
-    # the configs' preprocessor size is the generator's default image size
-    assert tuple(sample['inputs'].shape) == (3, 48, 48)
-    assert cfg.model.data_preprocessor.size == (48, 48)
+    # the paired configs' preprocessor size is the generator's paired image size
+    assert tuple(sample['inputs'].shape) == (3, 64, 64)
+    assert cfg.model.data_preprocessor.size == (48, 48) == (cs.SIZES['global'], ) * 2
+    paired = Config.fromfile(osp.join(ROOT, 'configs', 'contextshapes',
+                                      'nonlocal_tinyconv_1xb12-600iter_contextshapes-paired.py'))
+    assert paired.model.data_preprocessor.size == (64, 64) == (cs.SIZES['paired'], ) * 2
     seg = sample['data_samples'].gt_sem_seg.data
     assert set(seg.unique().tolist()) <= {0, 1, 2, 3} and (seg > 0).any()
 
@@ -105,13 +112,25 @@ def test_label_logic_leaves_a_context_free_model_at_chance(variant):
             partner = cues[0] if variant == 'global' else next(
                 c for c in cues if c['key'] == obj['key'])
             assert partner['cls'] == obj['cls']
-            # what the object looks like locally: white, or its key colour
-            appearance_by_class[obj['cls']][obj['key']] += 1
+            # what the object looks like locally: white, or its key hue (in 6 bins)
+            local = None if obj['key'] is None else int(obj['key'] * 6)
+            appearance_by_class[obj['cls']][local] += 1
+            if obj['key'] is not None:  # painted in its key hue, as its cue's border
+                assert np.allclose(img[y0:y1, x0:x1].reshape(-1, 3).mean(0),
+                                   cs.hue_to_rgb(obj["key"]), atol=10)
+                cy0, cx0 = partner['box'][:2]
+                assert np.allclose(img[cy0:cy0 + 2, cx0:cx0 + cs.CUE_PAIRED].reshape(-1, 3).mean(0),
+                                   cs.hue_to_rgb(obj["key"]), atol=15)
+                centre = img[cy0 + 2:cy0 + 6, cx0 + 2:cx0 + 6].reshape(-1, 3).mean(0)
+                assert np.allclose(centre, cs.CLASS_GREYS[obj["cls"]], atol=15)
             classes[obj['cls']] += 1
         assert (label > 0).sum() == sum((o['box'][2] - o['box'][0]) * (o['box'][3] - o['box'][1])
                                         for o in objects)
         if variant == 'paired':  # keys identify partners uniquely within an image
-            assert len({o['key'] for o in objects}) == len(objects) == len(cues) >= 2
+            assert len({o['key'] for o in objects}) == len(objects) == len(cues) >= 3
+            assert all(cs.hue_distance(a['key'], b['key']) >= cs.MIN_HUE_GAP
+                       for i, a in enumerate(objects) for b in objects[i + 1:])
+            assert img.shape == (64, 64, 3)
     # classes are uniform, and the local appearance says nothing about the class
     total = sum(classes.values())
     assert all(abs(n / total - 1 / 3) < 0.06 for n in classes.values())

@@ -80,7 +80,8 @@ def test_config_builds_and_runs_forward(path):
                     'danet': 'DualAttentionBlock', 'ocrnet': 'ObjectContextBlock',
                     'apcnet': 'AdaptiveContextBlock', 'isanet': 'InterlacedSparseBlock',
                     'ann': 'AsymmetricNonLocalBlock', 'psanet': 'PointwiseSpatialBlock',
-                    'dgmn': 'DynamicGraphBlock', 'lrnet': 'LocalRelationBlock'}
+                    'dgmn': 'DynamicGraphBlock', 'lrnet': 'LocalRelationBlock',
+                    'se': 'SqueezeExcitationBlock'}
         algo = next(k for k in expected if name.split('_')[0].startswith(k))
         assert type(head.block).__name__ == expected[algo]
         if 'depth' in cfg.model.backbone:

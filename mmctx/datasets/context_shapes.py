@@ -8,18 +8,22 @@ away from every object.
 * ``global`` — one cue per image; its colour is the class of **every** object (all
   objects are white). One image-level fact: query-independent context (GC, SNL,
   unary-only) suffices.
-* ``paired`` — one cue per object. An object is painted in a *key* colour unique in
-  its image; its partner cue has a 1-px border in the same key colour and a centre in
-  the class colour. Objects of one image usually differ in class, so each object must
-  find *its* cue: query-specific (pairwise) context. A query-independent block can
-  only help by memorising key×class conjunctions in its channels.
+* ``paired`` — one cue per object, 3 to 5 objects in a 64-px image. An object is
+  painted in a *key* hue drawn from the continuous hue circle (at least
+  ``MIN_HUE_GAP`` from the other keys of its image); its partner cue is a square of the
+  same hue whose 4×4 centre is a class *grey* (dark, mid or light: no hue, so a key can
+  never be mistaken for a class). Objects of one image almost always differ in class,
+  so each object must find *its* cue: query-specific (pairwise) context. A
+  query-independent block sees one summary of the image for all its objects; with
+  continuous keys and several objects there are no key×class conjunctions to memorise
+  in a few channels (the discrete keys of the first version allowed exactly that).
 
 Why a context-free model cannot beat chance on the object class: the prediction of
 the demo's context-free baseline at a pixel depends on the input within
 ``BASELINE_REACH`` = 9 px (the backbone's 15×15 receptive field, radius 7, plus 2 px
 from bilinearly upsampling its stride-2 logits). Every cue is at Chebyshev distance
 ≥ ``GAP`` = 12 px from every object pixel, and the object's own appearance (white, or a
-key colour drawn independently of the class) carries no information about its class,
+key hue drawn independently of the class) carries no information about its class,
 which is drawn uniformly from 3. So for a context-free model the object class is
 independent of everything it sees: its expected object-pixel accuracy is 1/3, and its
 mIoU over {background, red, green, blue} stays far below that of a model that reads
@@ -34,7 +38,7 @@ Layout written by :func:`generate_context_shapes` (mmseg's standard custom layou
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -44,9 +48,15 @@ PALETTE = [[0, 0, 0], [220, 40, 40], [40, 190, 40], [40, 80, 230]]
 VARIANTS = ('global', 'paired')
 #: colours of the classes as painted in cues (index = class id)
 CLASS_COLORS = {1: (220, 40, 40), 2: (40, 190, 40), 3: (40, 80, 230)}
-#: key colours of the paired variant (none is a class colour)
-KEY_COLORS = [(230, 210, 40), (40, 210, 210), (210, 60, 210), (240, 140, 30),
-              (150, 90, 40), (250, 160, 190)]
+#: paired variant: the class written in a cue's centre, as a grey level (index = class)
+CLASS_GREYS = {1: 20, 2: 170, 3: 250}
+#: paired variant: saturation and value of the key hues, and their minimal distance on
+#: the hue circle [0, 1) within one image
+KEY_SATURATION, KEY_VALUE, MIN_HUE_GAP = 0.8, 0.9, 0.12
+#: paired variant: fewest and most objects (each with its cue) per image
+PAIRED_OBJECTS = (3, 5)
+#: default image side per variant (paired needs room for up to 5 object-cue pairs)
+SIZES = {'global': 48, 'paired': 64}
 OBJECT_COLOR = (235, 235, 235)
 BACKGROUND = 110
 NOISE = 12
@@ -55,6 +65,33 @@ GAP = 12
 #: how far the demo's context-free baseline sees (receptive-field radius + upsampling)
 BASELINE_REACH = 9
 CUE = 6
+#: generator version, in meta.json: a copy written by another version is rewritten
+VERSION = 2
+#: paired variant: side of a cue (its centre of class grey is CUE_PAIRED - 4)
+CUE_PAIRED = 8
+
+
+def hue_to_rgb(hue: float, saturation: float = KEY_SATURATION,
+               value: float = KEY_VALUE) -> Tuple[float, float, float]:
+    """HSV → RGB in [0, 255] (the standard hexcone model, as ``colorsys``)."""
+    import colorsys
+    return tuple(255. * c for c in colorsys.hsv_to_rgb(hue % 1., saturation, value))
+
+
+def hue_distance(a: float, b: float) -> float:
+    """Distance of two hues on the circle [0, 1)."""
+    d = abs(a - b) % 1.
+    return min(d, 1. - d)
+
+
+def _hues(rng, n: int, tries: int = 1000) -> List[float]:
+    """``n`` hues uniform on the circle, pairwise at least ``MIN_HUE_GAP`` apart."""
+    for _ in range(tries):
+        hues = [float(h) for h in rng.uniform(0., 1., n)]
+        if all(hue_distance(a, b) >= MIN_HUE_GAP for i, a in enumerate(hues)
+               for b in hues[i + 1:]):
+            return hues
+    raise RuntimeError(f'could not draw {n} hues {MIN_HUE_GAP} apart')
 
 
 def _gap(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> int:
@@ -85,20 +122,27 @@ def _place(rng, size: int, boxes_wanted: List[Tuple[str, int]], tries: int = 500
     raise RuntimeError(f'could not place {boxes_wanted} in a {size}px image')
 
 
-def make_sample(variant: str, rng: np.random.RandomState, size: int = 48
+def make_sample(variant: str, rng: np.random.RandomState, size: Optional[int] = None
                 ) -> Tuple[np.ndarray, np.ndarray, Dict]:
-    """One image ``(size, size, 3)`` uint8, its label map, and what was drawn."""
+    """One image ``(size, size, 3)`` uint8, its label map, and what was drawn.
+
+    ``size`` defaults to the variant's ``SIZES`` entry (48 global, 64 paired)."""
     if variant not in VARIANTS:
         raise ValueError(f'variant must be one of {list(VARIANTS)}, got {variant!r}')
-    if not isinstance(size, int) or size < 48:
-        raise ValueError(f'size must be an int >= 48 (room for objects and cues '
-                         f'{GAP} px apart), got {size!r}')
+    size = SIZES[variant] if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or size < SIZES[variant]:
+        raise ValueError(f'size must be an int >= {SIZES[variant]} for {variant!r} (room '
+                         f'for objects and cues {GAP} px apart), got {size!r}')
     img = np.full((size, size, 3), BACKGROUND, np.float32)
     label = np.zeros((size, size), np.uint8)
-    num_objects = rng.randint(1, 4) if variant == 'global' else rng.randint(2, 4)
-    sides = [int(s) for s in rng.randint(7, 12, num_objects)]
-    wanted = [('object', s) for s in sides]
-    wanted += [('cue', CUE)] * (1 if variant == 'global' else num_objects)
+    if variant == 'global':
+        num_objects = rng.randint(1, 4)
+        sides = [int(s) for s in rng.randint(7, 12, num_objects)]
+        wanted = [('object', s) for s in sides] + [('cue', CUE)]
+    else:
+        num_objects = rng.randint(PAIRED_OBJECTS[0], PAIRED_OBJECTS[1] + 1)
+        sides = [int(s) for s in rng.randint(6, 11, num_objects)]
+        wanted = [('object', s) for s in sides] + [('cue', CUE_PAIRED)] * num_objects
     placed = _place(rng, size, wanted)
     objects = [b for k, b in placed if k == 'object']
     cues = [b for k, b in placed if k == 'cue']
@@ -108,17 +152,17 @@ def make_sample(variant: str, rng: np.random.RandomState, size: int = 48
         classes, keys = [cls] * num_objects, [None] * num_objects
     else:
         classes = [int(c) for c in rng.randint(1, 4, num_objects)]
-        keys = [int(k) for k in rng.choice(len(KEY_COLORS), num_objects, replace=False)]
+        keys = _hues(rng, num_objects)
     for i, (y0, x0, y1, x1) in enumerate(objects):
-        img[y0:y1, x0:x1] = OBJECT_COLOR if keys[i] is None else KEY_COLORS[keys[i]]
+        img[y0:y1, x0:x1] = OBJECT_COLOR if keys[i] is None else hue_to_rgb(keys[i])
         label[y0:y1, x0:x1] = classes[i]
         info['objects'].append(dict(box=[y0, x0, y1, x1], cls=classes[i], key=keys[i]))
     for i, (y0, x0, y1, x1) in enumerate(cues):
         if variant == 'global':
             img[y0:y1, x0:x1] = CLASS_COLORS[classes[0]]
         else:
-            img[y0:y1, x0:x1] = KEY_COLORS[keys[i]]
-            img[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = CLASS_COLORS[classes[i]]
+            img[y0:y1, x0:x1] = hue_to_rgb(keys[i])
+            img[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = CLASS_GREYS[classes[i]]
         info['cues'].append(dict(box=[y0, x0, y1, x1],
                                  cls=classes[0] if variant == 'global' else classes[i],
                                  key=None if variant == 'global' else keys[i]))
@@ -127,7 +171,7 @@ def make_sample(variant: str, rng: np.random.RandomState, size: int = 48
 
 
 def generate_context_shapes(root: str, variant: str, num_train: int = 512,
-                            num_val: int = 128, size: int = 48, seed: int = 0,
+                            num_val: int = 128, size: Optional[int] = None, seed: int = 0,
                             progress: bool = False) -> str:
     """Write one variant to ``root/variant`` (deterministic in ``seed``); return its dir.
 
@@ -138,9 +182,12 @@ def generate_context_shapes(root: str, variant: str, num_train: int = 512,
     for name, value in (('num_train', num_train), ('num_val', num_val)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f'{name} must be an int >= 1, got {value!r}')
+    if variant not in VARIANTS:
+        raise ValueError(f'variant must be one of {list(VARIANTS)}, got {variant!r}')
+    size = SIZES[variant] if size is None else size
     out = osp.join(root, variant)
     params = dict(variant=variant, num_train=num_train, num_val=num_val, size=size,
-                  seed=seed, gap=GAP, classes=list(CLASSES))
+                  seed=seed, gap=GAP, classes=list(CLASSES), version=VERSION)
     meta_path = osp.join(out, 'meta.json')
     if osp.isfile(meta_path):
         with open(meta_path) as f:
