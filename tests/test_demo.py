@@ -67,3 +67,51 @@ def test_demo_writes_a_report_of_what_it_measured(tmp_path):
     qi = next(line for line in report.splitlines()
               if line.startswith('| dnl-unary: '))
     assert re.search(r'\| 0(\.0+)? \|', qi), qi
+
+
+def test_claims_table_verdicts_from_measured_numbers():
+    """Each claim's verdict follows from the numbers and thresholds it prints."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo', osp.join(ROOT, 'tools', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+
+    def runs(model, variant, *values):
+        return [dict(model=model, variant=variant, seed=s, mIoU=v) for s, v in enumerate(values)]
+    rows = (runs('baseline', 'global', 37., 37.) + runs('nonlocal', 'global', 90., 96.)
+            + runs('dnl', 'global', 99., 99.4) + runs('gcnet', 'global', 86., 88.)
+            + runs('baseline', 'paired', 38., 38.) + runs('nonlocal', 'paired', 70., 72.)
+            + runs('dnl', 'paired', 60., 62.) + runs('gcnet', 'paired', 50., 58.)
+            + runs('a2net', 'global', 92., 94.) + runs('emanet-t1', 'global', 95., 95.))
+    assert demo.cell_stats(rows, 'gcnet', 'paired') == (54., 32 ** .5, 2)
+    cons = dict(pairwise_within_mass=.5, pairwise_within_chance=.3, unary_boundary_r1_mass=.1,
+                unary_boundary_r1_chance=.2)
+    nl = dict(pairwise_within_mass=.4, unary_boundary_r1_mass=.05)
+    measured = dict(qi=dict(paired={'nonlocal': dict(cosine_distance=.05)}),
+                    consistency=dict(paired={'dnl': cons, 'nonlocal': nl}),
+                    own=dict(paired=(.2, 1 / 1024)))
+    table = {(c[0], c[1]): c for c in demo.claims(rows, measured, ['global', 'paired'])}
+
+    def verdict(paper, finding):
+        return table[(paper, finding)][4]
+    # global: lowest context block gcnet 87 vs baseline 37: +50 -> holds (>= 50)
+    assert verdict('ContextShapes', 'global: every context block far above the context-free '
+                   'baseline') == 'holds'
+    # paired: lowest pairwise dnl 61 vs highest query-independent gcnet 54: +7 < 15
+    assert verdict('ContextShapes', 'paired: every pairwise block above every '
+                   'query-independent one') == 'does not hold'
+    assert verdict('GCNet', "paired: NL's attention maps are nearly query-independent") == 'holds'
+    assert verdict('GCNet', "global: NL's attention maps are nearly query-independent"
+                   ).startswith('not measurable here')
+    assert verdict('DNL', "paired: the pairwise term puts its mass on the query's own "
+                   'category') == 'holds'  # 0.5 > 0.3 and > 0.4
+    assert verdict('DNL', 'paired: the unary term puts its mass on GT boundaries (radius 1)'
+                   ) == 'does not hold'  # 0.1 < chance 0.2
+    # global: DNL 99.2 vs NL 93 (+6.2) beats the larger std (NL: 4.24); paired: 61 < 71
+    assert verdict('DNL', 'global: decoupling beats coupling (mIoU)') == 'holds'
+    assert verdict('DNL', 'paired: decoupling beats coupling (mIoU)') == 'does not hold'
+    # NL 93, A2 93, EMA 95: range 2 <= 5
+    assert verdict('survey', 'global: NL ≈ A² ≈ EMA(T=1)') == 'holds'
+    assert verdict('survey', 'paired: NL ≈ A² ≈ EMA(T=1)').startswith('not measurable')
+    assert verdict('LESA', 'paired: in self-attention the own-position (unary) share is '
+                   'small') == 'does not hold'  # 0.2 >= 0.1
