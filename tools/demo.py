@@ -11,12 +11,14 @@ variants through mmengine's Runner (mmseg's pipeline and ``IoUMetric``), one Run
 after another in this process, and writes ``WORK_DIR/report.md``: the measured mIoU
 of every model x variant (mean ± standard deviation over the seeds), a claims table
 (each finding of the papers the demo can test, with the measured number, the
-threshold and "holds" / "does not hold" / "not measurable here"), wall times, the machine, and the analysis figures of the
-trained models (attention maps, query independence, DNL term shares) as PNGs.
+threshold and "holds" / "does not hold" / "not measurable here"), wall times, the
+machine, and the analysis figures of the seed-0 models (attention maps, query
+independence, NL / DNL consistency statistics, DNL term shares) as PNGs.
 Each run keeps its checkpoint, ``vis_data/scalars.json`` and log under
 ``WORK_DIR/<model>-<variant>-s<seed>/``; seed ``s`` sets mmengine's ``randomness.seed``
-(initialisation, data order; the data are the same for every seed); ``WORK_DIR/results.json`` is rewritten after every
-run, so an interrupted demo keeps what it measured.
+(initialisation, data order; the data are the same for every seed);
+``WORK_DIR/results.json`` is rewritten after every run, so an interrupted demo keeps
+what it measured.
 """
 import os.path as _osp
 import sys as _sys
@@ -248,7 +250,8 @@ def claims(rows: list, measured: dict, variants) -> List[Tuple[str, str, str, st
                 worst = min(ctx, key=lambda m: cells[(m, v)][0])
                 gap = cells[(worst, v)][0] - base[0]
                 out.append(('ContextShapes', 'global: every context block far above the '
-                            'context-free baseline', f'lowest: {worst} {fmt_cell(cells[(worst, v)])}'
+                            'context-free baseline',
+                            f'lowest: {worst} {fmt_cell(cells[(worst, v)])}'
                             f' vs baseline {fmt_cell(base)} (Δ {gap:+.1f})',
                             f'Δ ≥ {GLOBAL_MARGIN:.0f} (means)', _verdict(gap >= GLOBAL_MARGIN)))
             else:
