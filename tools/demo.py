@@ -235,12 +235,14 @@ def claims(rows: list, measured: dict, variants) -> List[Tuple[str, str, str, st
     out = []
     cells = {(m, v): cell_stats(rows, m, v) for m in MODELS for v in variants}
 
-    def better(a, b, v):
-        """(a beats b, text): by more than the larger seed std of the two cells."""
+    def better(paper, finding, a, b, v):
+        """The claim row "a beats b": by more than the larger seed std of the two."""
         sa, sb = cells[(a, v)], cells[(b, v)]
+        if sa is None or sb is None:
+            return paper, finding, '—', 'Δ > the larger seed std', _missing([b, a])
         diff, spread = sa[0] - sb[0], max(sa[1], sb[1])
-        return diff > spread, (f'{v}: {a} {fmt_cell(sa)} vs {b} {fmt_cell(sb)} '
-                               f'(Δ {diff:+.1f})')
+        return (paper, finding, f'{v}: {a} {fmt_cell(sa)} vs {b} {fmt_cell(sb)} '
+                f'(Δ {diff:+.1f})', 'Δ > the larger seed std', _verdict(diff > spread))
 
     for v in variants:  # the demo's own targets
         base = cells[('baseline', v)]
@@ -300,13 +302,8 @@ def claims(rows: list, measured: dict, variants) -> List[Tuple[str, str, str, st
             out.append(('DNL', finding, f'DNL {m:.3f} vs chance {c:.3f}, NL\'s '
                         f'{"whitened" if term == "pairwise" else "μ_q"} part {n:.3f}',
                         '> chance and > NL\'s part', _verdict(m > c and m > n)))
-        if cells.get(('dnl', v)) and cells.get(('nonlocal', v)):
-            ok, text = better('dnl', 'nonlocal', v)
-            out.append(('DNL', f'{v}: decoupling beats coupling (mIoU)', text,
-                        'Δ > the larger seed std', _verdict(ok)))
-        else:
-            out.append(('DNL', f'{v}: decoupling beats coupling', '—', 'Δ > seed std',
-                        _missing(['nonlocal', 'dnl'])))
+        out.append(better('DNL', f'{v}: decoupling beats coupling (mIoU)', 'dnl',
+                          'nonlocal', v))
     for v in variants:  # the survey (low-rank reconstruction)
         three = ('nonlocal', 'a2net', 'emanet-t1')
         if all(cells.get((m, v)) for m in three):
@@ -318,13 +315,8 @@ def claims(rows: list, measured: dict, variants) -> List[Tuple[str, str, str, st
         else:
             out.append(('survey', f'{v}: NL ≈ A² ≈ EMA(T=1)', '—',
                         f'range ≤ {SURVEY_TOLERANCE:.0f}', _missing(three)))
-        if cells.get(('emanet-t3', v)) and cells.get(('emanet-t1', v)):
-            ok, text = better('emanet-t3', 'emanet-t1', v)
-            out.append(('survey', f'{v}: more EM iterations help', text,
-                        'Δ > the larger seed std', _verdict(ok)))
-        else:
-            out.append(('survey', f'{v}: more EM iterations help', '—', 'Δ > seed std',
-                        _missing(['emanet-t1', 'emanet-t3'])))
+        out.append(better('survey', f'{v}: more EM iterations help', 'emanet-t3',
+                          'emanet-t1', v))
     for v in variants:  # LESA
         own = measured.get('own', {}).get(v)
         if own is None:
