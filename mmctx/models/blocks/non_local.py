@@ -87,6 +87,12 @@ class PairwiseContextBlock(ContextBlockBase):
         pairwise: include the pairwise term.
         unary: unary term: ``'conv'``, ``'analytic'`` or ``'none'``.
         value: ``'reduced'`` or ``'full'`` (see the module docstring).
+        qk_init_std: std of the normal init of the query/key projections θ/φ (> 0).
+            The default 0.01 is mmcv's (and mmseg's) init; it makes every initial
+            logit almost 0, i.e. uniform attention, and on a short schedule the
+            attention may never leave that state (ContextShapes, ``tools/demo.py``).
+            A larger value starts from a spread of logits; blocks whose logits are
+            scaled up (DNL's ``temperature=0.05``) need a correspondingly smaller one.
     """
 
     def __init__(self,
@@ -101,7 +107,8 @@ class PairwiseContextBlock(ContextBlockBase):
                  temperature: float = 1.,
                  pairwise: bool = True,
                  unary: str = 'none',
-                 value: str = 'reduced') -> None:
+                 value: str = 'reduced',
+                 qk_init_std: float = 0.01) -> None:
         super().__init__(in_channels, dim)
         self.reduction = check_int('reduction', reduction)
         self.inter_channels = in_channels // reduction
@@ -123,6 +130,10 @@ class PairwiseContextBlock(ContextBlockBase):
             raise ValueError(f'temperature applies to the softmax modes {SOFTMAX_MODES}; '
                              f'mode={mode!r} needs temperature=1, got {temperature}')
         self.temperature = float(temperature)
+        if isinstance(qk_init_std, bool) or not isinstance(qk_init_std, (int, float)) \
+                or not qk_init_std > 0:
+            raise ValueError(f'qk_init_std must be a number > 0, got {qk_init_std!r}')
+        self.qk_init_std = float(qk_init_std)
         if not pairwise and unary == 'none':
             raise ValueError('a block with pairwise=False and unary="none" models no '
                              'context; enable at least one term')
@@ -156,10 +167,14 @@ class PairwiseContextBlock(ContextBlockBase):
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
-        """mmcv's NonLocal init: projections N(0, 0.01), output zero-initialised."""
-        for conv in (self.g, self.theta, self.phi):
+        """mmcv's NonLocal init: projections N(0, 0.01), output zero-initialised.
+
+        θ/φ use ``qk_init_std`` (0.01 by default, as mmcv).
+        """
+        for conv, std in ((self.g, 0.01), (self.theta, self.qk_init_std),
+                          (self.phi, self.qk_init_std)):
             if conv is not None:
-                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.normal_(conv.weight, std=std)
                 if conv.bias is not None:
                     nn.init.zeros_(conv.bias)
         if self.concat_project is not None:  # mmcv: ConvModule's kaiming (fan_out)
@@ -264,7 +279,8 @@ class PairwiseContextBlock(ContextBlockBase):
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, mode={self.mode!r}, reduction={self.reduction}, '
                 f'whiten={self.whiten!r}, temperature={self.temperature}, '
-                f'pairwise={self.pairwise}, unary={self.unary!r}, value={self.value!r}')
+                f'pairwise={self.pairwise}, unary={self.unary!r}, value={self.value!r}'
+                + (f', qk_init_std={self.qk_init_std}' if self.qk_init_std != 0.01 else ''))
 
 
 @MODELS.register_module()
@@ -272,7 +288,7 @@ class NonLocalBlock(PairwiseContextBlock):
     """Non-local block with mmcv ``NonLocal1d/2d/3d`` semantics.
 
     Args: see :class:`PairwiseContextBlock` (``in_channels``, ``reduction``, ``mode``,
-    ``use_scale``, ``sub_sample``, ``norm_cfg``, ``dim``).
+    ``use_scale``, ``sub_sample``, ``norm_cfg``, ``dim``, ``qk_init_std``).
 
     Note:
         As mmcv: the output projection (its norm if ``norm_cfg`` is set, else its
@@ -285,10 +301,10 @@ class NonLocalBlock(PairwiseContextBlock):
     def __init__(self, in_channels: int, reduction: int = 2,
                  mode: str = 'embedded_gaussian', use_scale: bool = True,
                  sub_sample: bool = False, norm_cfg: Optional[dict] = None,
-                 dim: int = 2) -> None:
+                 dim: int = 2, qk_init_std: float = 0.01) -> None:
         super().__init__(in_channels, reduction=reduction, mode=mode,
                          use_scale=use_scale, sub_sample=sub_sample, norm_cfg=norm_cfg,
-                         dim=dim)
+                         dim=dim, qk_init_std=qk_init_std)
 
 
 #: the three reference implementations of DNL (REFERENCE.md §3.2)
@@ -332,13 +348,13 @@ class DisentangledNonLocalBlock(PairwiseContextBlock):
                  norm_cfg: Optional[dict] = None, dim: int = 2,
                  whiten: Optional[str] = None, temperature: Optional[float] = None,
                  pairwise: bool = True, unary: Optional[str] = None,
-                 value: Optional[str] = None) -> None:
+                 value: Optional[str] = None, qk_init_std: float = 0.01) -> None:
         check_choice('preset', preset, tuple(DNL_PRESETS))
         given = dict(reduction=reduction, mode=mode, use_scale=use_scale, whiten=whiten,
                      temperature=temperature, unary=unary, value=value)
         args = {k: DNL_PRESETS[preset][k] if v is None else v for k, v in given.items()}
         super().__init__(in_channels, sub_sample=sub_sample, norm_cfg=norm_cfg, dim=dim,
-                         pairwise=pairwise, **args)
+                         pairwise=pairwise, qk_init_std=qk_init_std, **args)
         self.preset = preset
 
 
