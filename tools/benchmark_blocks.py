@@ -23,10 +23,23 @@ runs in a fresh process: peak memory is the rise of the resident set (VmHWM rese
 before the call) over the process's resident set before it. The run also measures
 the machine's sgemm GFLOP/s and the GFLOP/s of the attention core (one
 ``scaled_dot_product_attention`` call at the largest size), and prints ratios
-mmctx / upstream. Results: ``<out>/benchmark.md``, ``.json`` and a log-log ``.png``.
+mmctx / upstream. Each mmctx block row also has its arithmetic floor: the FLOPs of the
+block's matmul-like ops (counted on a trace of one call by mmctx's counter; forward+
+backward by the rule in ``BACKWARD_RULE``) at the sgemm rate of the same run, and
+time / floor. Results: ``<out>/benchmark.md``, ``.json`` and a log-log ``.png``.
+
+``--whole-model`` adds (or, without ``--pairs``, runs alone) a whole-model section:
+whole-image Cityscapes inference (1024×2048, batch 1, ``encode_decode``) of one mmctx
+R-50-D8 config per family (``WHOLE_MODEL``), mmseg's model of the same family where it
+has one and mmseg's context-free FCN, each in a fresh process: time, peak memory, time
+added over FCN, memory / FCN's, and the added time against the block's floor at the
+decode head's feature size.
 
     python tools/benchmark_blocks.py                 # full sweep (~10 min on 2 cores)
     python tools/benchmark_blocks.py --quick         # small sizes only (~1 min)
+    python tools/benchmark_blocks.py --whole-model   # whole models only (~50 min)
+    python tools/benchmark_blocks.py --whole-model --whole-families nl dnl \
+        --whole-size 512 1024                        # some families, a smaller input
 """
 import os.path as _osp
 import sys as _sys
@@ -42,6 +55,7 @@ import platform
 import subprocess
 import sys
 import time
+from typing import Dict, Tuple
 
 #: the low-rank family, each against mmctx's NL at the same size (``lowrank-nl``) and,
 #: where one exists, its upstream implementation (mmseg EMAModule / Hamburger)
@@ -65,6 +79,53 @@ LESA_SIZES = ('14x14', '50x84', '64x64')
 LESA_CHANNELS = 256  # 8 heads
 #: LESA's classification form: ImageNet's stage-3 size, the recipe's 32 images per GPU
 LESA_CLS_SIZE, LESA_CLS_BATCH = (14, 14), 32
+#: the whole-model section (``--whole-model``): per family, one mmctx R-50-D8 Cityscapes
+#: 512×1024 config (under configs/) and mmseg's config of the same model where mmseg has
+#: one (the pairs the converter tests use), each against mmseg's context-free FCN
+WHOLE_FCN = 'mmseg::fcn/fcn_r50-d8_4xb2-40k_cityscapes-512x1024.py'
+WHOLE_MODEL = {
+    'nl': ('nonlocal/nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024.py',
+           'nonlocal_net/nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    'snl': ('snl/snl_r50-d8_4xb2-40k_cityscapes-512x1024.py', None),
+    'dnl': ('dnl/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py',
+            'dnlnet/dnl_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    'gc': ('gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py',
+           'gcnet/gcnet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
+    'lesa': ('lesa/lesa_r50-d8_4xb2-80k_cityscapes-512x1024.py', None),
+    'ema': ('emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+            'emanet/emanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'cc': ('ccnet/ccnet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+           'ccnet/ccnet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'a2': ('a2net/a2net_r50-d8_4xb2-80k_cityscapes-512x1024.py', None),
+    'ann': ('ann/ann_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+            'ann/ann_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'apc': ('apcnet/apcnet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+            'apcnet/apcnet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'cgnl': ('cgnl/cgnl_r50-d8_4xb2-80k_cityscapes-512x1024.py', None),
+    'da': ('danet/danet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+           'danet/danet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'glore': ('glore/glore_r50-d8_4xb2-80k_cityscapes-512x1024.py', None),
+    'ham': ('hamnet/hamnet_r50-d8_4xb2-80k_cityscapes-512x1024.py', None),
+    'isa': ('isanet/isanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+            'isanet/isanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+    'latentgnn': ('latentgnn/latentgnn_r50-d8_4xb2-80k_cityscapes-512x1024.py', None),
+    # mmseg's R-D8 OCRNet configs are R-101 only: the model base they share, at R-50
+    'ocr': ('ocrnet/ocrnet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+            '_base_/models/ocrnet_r50-d8.py'),
+    'psa': ('psanet/psanet_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+            'psanet/psanet_r50-d8_4xb2-80k_cityscapes-512x1024.py'),
+}
+WHOLE_SIZE = (1024, 2048)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def whole_configs(family: str) -> Dict[str, str]:
+    """``{'mmctx': path[, 'mmseg': 'mmseg::...']}`` of a family of :data:`WHOLE_MODEL`."""
+    ours, theirs = WHOLE_MODEL[family]
+    out = dict(mmctx=osp.join(ROOT, 'configs', ours))
+    if theirs is not None:
+        out['mmseg'] = 'mmseg::' + theirs
+    return out
 
 
 class _Explicit:
@@ -268,21 +329,323 @@ def worker(spec: dict) -> dict:
             with torch.inference_mode():
                 model(x)
 
+    first, peak, exact = _first_call(step)
+    out = dict(spec, time_s=_median_time(step, first, spec['repeats']), peak_mib=peak,
+               exact_peak=exact)
+    if spec['impl'] == 'mmctx':  # the work of the arithmetic floor: one traced call more
+        try:
+            out['flop_count'] = block_flops(model, x, train)
+        except Exception as e:  # keep the measurement; the report shows why
+            out['flop_error'] = f'{type(e).__name__}: {e}'.splitlines()[0][:120]
+    return out
+
+
+def _first_call(step) -> Tuple[float, float, bool]:
+    """Time (s) and peak memory (MiB: the rise of VmHWM over the resident set before
+    it) of the first call, and whether VmHWM could be reset (without the reset: the
+    process's lifetime peak)."""
     before = _rss_kib('VmRSS')
     exact = _reset_peak()
     start = time.perf_counter()
     step()  # the first call: peak memory (and warm-up)
     first = time.perf_counter() - start
-    peak = _rss_kib('VmHWM') - before  # without the reset: the process's lifetime peak
-    times = []  # at least `repeats` calls and 1 s of calls (small blocks are noisy)
-    while first < 5 and (len(times) < spec['repeats'] or sum(times) < 1.) \
-            and len(times) < 200:
+    return first, max(_rss_kib('VmHWM') - before, 0) / 1024, exact
+
+
+def _median_time(step, first: float, repeats: int, at_least: int = 0) -> float:
+    """Median time of the calls after the first: at least ``repeats`` calls and 1 s of
+    calls (small blocks are noisy; at most 200) unless the first took > 5 s, and at least
+    ``at_least`` calls in any case; no call: the first."""
+    times = []
+    while len(times) < at_least or (first < 5 and (
+            len(times) < repeats or sum(times) < 1.) and len(times) < 200):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
     times = sorted(times or [first])
-    return dict(spec, time_s=times[len(times) // 2], peak_mib=max(peak, 0) / 1024,
-                exact_peak=exact)
+    return times[len(times) // 2]
+
+
+# --------------------------------------------------------- arithmetic floor
+#: the matmul-like ops of mmengine's counter -> (its handle in mmengine's jit_handles,
+#: the positions of the two operands; einsum: its operand list); the fused attention
+#: is counted by mmctx's handle
+MATMUL_OPS = {'aten::_convolution': ('conv_flop_jit', (0, 1)),
+              'aten::addmm': ('addmm_flop_jit', (1, 2)), 'aten::bmm': ('bmm_flop_jit', (0, 1)),
+              'aten::matmul': ('matmul_flop_jit', (0, 1)),
+              'aten::mm': ('matmul_flop_jit', (0, 1)),
+              'aten::linear': ('linear_flop_jit', (0, 1)),
+              'aten::einsum': ('einsum_flop_jit', None)}
+SDPA_OP = 'aten::scaled_dot_product_attention'
+#: what the floor's note says about forward+backward (the rule of ``matmul_flops``)
+BACKWARD_RULE = (
+    'fwd+bwd adds, for each matmul on the gradient path, one matmul of its size per '
+    'operand that needs a gradient (a conv or matmul whose input and weight both do: '
+    '3× its forward); the fused attention\'s backward runs 5 matmuls of the size of its '
+    '2 forward ones (it recomputes QKᵀ, then dP = dO·Vᵀ, dQ, dK, dV: 3.5× its forward); '
+    'ops off the gradient path (no_grad, detached: EMA\'s EM) count once')
+
+
+def _requires_grad(value) -> bool:
+    """Whether a traced value carries a gradient (non-tensors pass their tensors' on).
+
+    Note: the tracer records ``aten::_convolution`` below autograd, so a conv's output is
+    typed ``requires_grad=0`` whatever its input and weight; it is read from them.
+    """
+    import torch
+    node = value.node()
+    if node.kind() == 'aten::_convolution':
+        return any(_requires_grad(v) for v in list(node.inputs())[:2])
+    kind = value.type()
+    if isinstance(kind, torch._C.TensorType):
+        return kind.requires_grad() is not False
+    return True
+
+
+def _gradient_path(graph_block) -> set:
+    """Ids of the values of a traced graph through which the output's gradient flows."""
+    live = {v.unique() for v in graph_block.outputs()}
+    for node in reversed(list(graph_block.nodes())):
+        if any(o.unique() in live for o in node.outputs()):
+            live.update(v.unique() for v in node.inputs() if _requires_grad(v))
+    return live
+
+
+def matmul_flops(model, inputs: Tuple, backward: bool = False) -> Dict[str, int]:
+    """FLOPs (2 per multiply-add) of the matmul-like ops of one ``model(*inputs)``.
+
+    The ops are those of mmctx's counter (:mod:`mmctx.analysis.complexity`: mmengine's
+    ``FlopAnalyzer`` with mmctx's handle for ``scaled_dot_product_attention``), counted on
+    a trace of one call (the call runs) as the model runs them: convs, ``(b)mm``,
+    ``matmul``, ``linear``, ``einsum`` and the fused attention; norms and element-wise
+    ops are left out. Returns ``forward``, ``attention`` (the fused-attention part of
+    it) and ``backward`` (0 unless ``backward``; the rule is :data:`BACKWARD_RULE`, read
+    from the trace's ``requires_grad`` flags: trace in training mode with inputs that
+    require a gradient).
+    """
+    from mmengine.analysis import FlopAnalyzer, jit_handles
+
+    from mmctx.analysis.complexity import ATTENTION_OPS
+    totals = dict(forward=0, attention=0, backward=0)
+    path = []  # the gradient path, found at the first op
+
+    def operands(name, values):
+        if name == SDPA_OP:
+            return values[:3]
+        if name == 'aten::einsum':
+            listed = values[1].node()
+            return list(listed.inputs()) if listed.kind() == 'prim::ListConstruct' else []
+        return [values[i] for i in MATMUL_OPS[name][1]]
+
+    def wrap(name, handle):
+        def count(values, outputs):
+            result = handle(values, outputs)  # a number, or a Counter by operator
+            macs = int(sum(result.values()) if hasattr(result, 'values') else result)
+            totals['forward'] += 2 * macs
+            if name == SDPA_OP:
+                totals['attention'] += 2 * macs
+            if backward:
+                if not path:
+                    path.append(_gradient_path(outputs[0].node().owningBlock()))
+                if outputs[0].unique() in path[0]:
+                    grads = [_requires_grad(v) for v in operands(name, values)]
+                    if name == SDPA_OP:  # in units of one of its two matmuls
+                        units = 1 + any(grads[:2]) + sum(grads)
+                        totals['backward'] += macs * units
+                    else:
+                        totals['backward'] += 2 * macs * sum(grads)
+            return result
+        return count
+
+    handles = {name: getattr(jit_handles, handle) for name, (handle, _) in MATMUL_OPS.items()}
+    handles[SDPA_OP] = ATTENTION_OPS[SDPA_OP]
+    analyzer = FlopAnalyzer(model, inputs).set_op_handle(
+        **{name: wrap(name, handle) for name, handle in handles.items()})
+    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analyzer.total()
+    return totals
+
+
+def block_flops(model, x, train: bool) -> Dict[str, int]:
+    """:func:`matmul_flops` of a block on ``x`` as the benchmark runs it (training mode
+    and an input that needs a gradient for forward+backward, else eval and no_grad)."""
+    import torch
+    model.train(train)
+    if train:
+        return matmul_flops(model, (x.detach().requires_grad_(), ), backward=True)
+    with torch.no_grad():
+        return matmul_flops(model, (x, ))
+
+
+def floor_s(count: Dict[str, int], sgemm_gflops: float) -> float:
+    """The arithmetic floor: the counted FLOPs at the sgemm rate."""
+    return (count['forward'] + count['backward']) / (sgemm_gflops * 1e9)
+
+
+# ------------------------------------------------------------ whole models
+def build_segmentor(config: str):
+    """A config's segmentor in eval mode, SyncBN → BN, no pretrained weights: the
+    analysis tools' builder (``tools/analysis/complexity.py``) on a two-line config that
+    inherits ``config`` (a path or ``mmseg::...``) in mmseg's scope."""
+    import importlib.util
+    import tempfile
+    spec = importlib.util.spec_from_file_location(
+        '_complexity_tool', osp.join(ROOT, 'tools', 'analysis', 'complexity.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, 'whole_model.py')
+        with open(path, 'w') as f:
+            f.write(f"_base_ = [{config!r}]\ndefault_scope = 'mmseg'\n")
+        model, _ = tool.build_from_config(path, {'model.backbone.init_cfg': None})
+    return model.eval()
+
+
+def outer_blocks(model) -> Dict[str, object]:
+    """The model's mmctx context blocks, those inside another one left out."""
+    from mmctx.models.blocks._base import ContextBlockBase
+    found = {}
+    for name, module in model.named_modules():  # parents come first
+        if isinstance(module, ContextBlockBase) and not any(
+                name.startswith(p + '.') for p in found):
+            found[name] = module
+    return found
+
+
+#: blocks that a head calls through other methods than ``forward`` (DANet's head: one
+#: per branch)
+BLOCK_ENTRIES = {'DualAttentionBlock': ('position_attention', 'channel_attention')}
+
+
+def whole_worker(spec: dict) -> dict:
+    """One whole-image inference of a segmentor (``encode_decode``: backbone, decode
+    head and the resize to the input; no auxiliary head): time, peak memory, and the
+    matmul FLOPs of its mmctx blocks with the inputs they got."""
+    import torch
+
+    class Entry(torch.nn.Module):  # a block's entry point as a module, for the tracer
+        def __init__(self, block, method):
+            super().__init__()
+            self.block, self.method = block, method
+
+        def forward(self, *args):
+            return getattr(self.block, self.method)(*args)
+
+    model = build_segmentor(spec['config'])
+    h, w = spec['size']
+    x = torch.randn(1, 3, h, w)  # a normalised image
+    metas = [dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w))]
+    blocks, calls = outer_blocks(model), []
+
+    def recorder(name, method, fn):
+        def call(*args):
+            calls.append((name, method, [tuple(a.shape) for a in args
+                                         if isinstance(a, torch.Tensor)]))
+            return fn(*args)
+        return call
+
+    entries = [(name, method) for name, block in blocks.items()
+               for method in BLOCK_ENTRIES.get(type(block).__name__, ('forward', ))]
+    for name, method in entries:  # instance attributes over the class's methods
+        setattr(blocks[name], method, recorder(name, method, getattr(blocks[name], method)))
+
+    def step():
+        with torch.inference_mode():
+            model.encode_decode(x, metas)
+
+    first, peak, exact = _first_call(step)  # the warm-up call
+    for name, method in entries:
+        delattr(blocks[name], method)
+    time_s = _median_time(step, first, spec['repeats'], at_least=1)
+    process_peak = _rss_kib('VmHWM') / 1024  # weights and all, since the warm-up call
+    count, error = 0, {}  # the blocks' matmul FLOPs, each on inputs of the shapes it got
+    try:
+        for name, method, shapes in calls:
+            with torch.no_grad():
+                count += matmul_flops(Entry(blocks[name], method),
+                                      tuple(torch.randn(s) for s in shapes))['forward']
+    except Exception as e:  # keep the measurement; the report shows why
+        count, error = 0, dict(flop_error=f'{type(e).__name__}: {e}'.splitlines()[0][:120])
+    head = model.decode_head  # a cascade (OCRNet): the last head is the context head
+    head = head[-1] if isinstance(head, torch.nn.ModuleList) else head
+    return dict(spec, time_s=time_s, first_s=first, peak_mib=peak, exact_peak=exact,
+                process_peak_mib=process_peak, head=type(head).__name__,
+                blocks=sorted({type(b).__name__ for b in blocks.values()}),
+                block_inputs=[shapes for _, _, shapes in calls], block_flops=count,
+                **error)
+
+
+def whole_specs(args) -> list:
+    """FCN first, then each family's mmctx and mmseg models."""
+    common = dict(kind='whole', size=tuple(args.whole_size), repeats=args.repeats)
+    specs = [dict(common, family='fcn', impl='fcn', config=WHOLE_FCN)]
+    for family in args.whole_families:
+        specs += [dict(common, family=family, impl=impl, config=config)
+                  for impl, config in whole_configs(family).items()]
+    return specs
+
+
+def whole_report(rows, flops, args) -> list:
+    """The whole-model table: time and peak against FCN's, and the added time against
+    the family's block floor."""
+    h, w = args.whole_size
+    sgemm = flops['sgemm_gflops']
+    fcn = next(r for r in rows if r['impl'] == 'fcn')
+    ok = lambda r: r is not None and 'error' not in r
+    lines = [
+        '', f'## Whole-model inference, {h}×{w}', '',
+        f'- input: one random normalised 1×3×{h}×{w} image, batch 1, fp32, eval mode, '
+        '`torch.inference_mode`, the segmentor\'s `encode_decode` (backbone, decode head, '
+        'resize to the input; no auxiliary head); no pretrained weights, SyncBN → BN; '
+        'each model in a fresh process',
+        f'- time = one forward after one warm-up call (the median of more calls when they '
+        f'are short: at least {args.repeats} and 1 s of calls unless the warm-up call takes '
+        '> 5 s); peak = rise of the resident set during the warm-up call (the weights are '
+        'in the set before it; the process\'s whole peak is in the JSON)',
+        '- floor s = the FLOPs of the matmul-like ops of the mmctx model\'s context '
+        'block(s), traced on inputs of the shapes they got in the warm-up call (block input: '
+        f'the first call\'s (C, H, W) each, H×W = {h}×{w}/8), at the sgemm rate of this '
+        'run; an mmseg row has its family\'s mmctx floor (the same block and shapes); '
+        'added / floor = '
+        '(time − FCN\'s time) / floor s. The heads also differ from FCN\'s outside the '
+        'block (EMA, ANN, APC, OCR, PSA: other convs and widths): that is in the added '
+        'time too; a block whose floor is below the spread of the model\'s time (GC: '
+        'milliseconds against seconds) has an added / floor that is noise',
+        '- goal (issue #15): every family within 1.15× of its floor and at most 1.2× '
+        'FCN\'s peak', '',
+        '| family | model | block input | time | added over FCN | peak | peak / FCN\'s | '
+        'block GFLOP | floor s | added / floor |',
+        '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        ours = next((o for o in rows if o['family'] == r['family']
+                     and o['impl'] == 'mmctx'), None)
+        name = dict(fcn='mmseg FCN', mmctx='mmctx', mmseg='mmseg')[r['impl']]
+        if ok(r):
+            name += f' ({r["head"]}' + (f': {", ".join(r["blocks"])}' if r['blocks']
+                                         else '') + ')'
+        shapes = '—'
+        if ok(ours) and ours['block_inputs']:  # the first call's inputs, (C, H, W) each
+            shapes = '; '.join('×'.join(map(str, s[1:])) for s in ours['block_inputs'][0])
+        if not ok(r):
+            lines.append(f'| {r["family"]} | {name} | {shapes} | {r.get("error")} | | | | '
+                         '| | |')
+            continue
+        added = r['time_s'] - fcn['time_s'] if ok(fcn) else None
+        cells = [f'{r["time_s"]:.3f} s',
+                 '—' if added is None or r is fcn else f'{added:+.3f} s',
+                 f'{r["peak_mib"]:.0f} MiB',
+                 f'{r["peak_mib"] / fcn["peak_mib"]:.2f}×' if ok(fcn) and r is not fcn
+                 and fcn['peak_mib'] > 0 else '—']
+        if ok(ours) and 'flop_error' in ours:
+            cells += [f'not counted ({ours["flop_error"]})', '—', '—']
+        elif r is fcn or not ok(ours) or not ours['block_flops']:
+            cells += ['—', '—', '—']
+        else:
+            floor = ours['block_flops'] / (sgemm * 1e9)
+            cells += [f'{ours["block_flops"] / 1e9:.4g}', f'{floor:.4g}',
+                      '—' if added is None else f'{added / max(floor, 1e-12):.2f}×']
+        lines.append(f'| {r["family"]} | {name} | {shapes} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 # -------------------------------------------------------------- measurements
@@ -335,6 +698,24 @@ def ratio(ours: dict, up: dict, key: str) -> str:
     return f'{up[key] / max(ours[key], 1e-9):.2f}×'
 
 
+#: below each table with floors
+FLOOR_NOTE = (
+    "floor s = the mmctx block's arithmetic floor: the FLOPs of its matmul-like ops "
+    '(convs, (b)mm, linear, einsum, fused attention; 2 per multiply-add; counted on a trace '
+    "of the block at that size, as mmctx's path runs them, by mmctx's counter) at the "
+    f'sgemm rate measured in this run; {BACKWARD_RULE}. time / floor = mmctx time / '
+    'floor s (1.00× = matmuls at sgemm speed and nothing else).')
+
+
+def fmt_floor(r) -> str:
+    """``floor s | time / floor`` cells of a result (``—`` without a count)."""
+    if r is not None and 'flop_error' in r:
+        return f'not counted ({r["flop_error"]}) | —'
+    if r is None or 'error' in r or 'floor_s' not in r:
+        return '— | —'
+    return f'{r["floor_s"]:.4g} | {r["time_s"] / max(r["floor_s"], 1e-12):.2f}×'
+
+
 def report(results, flops, args) -> str:
     import torch
     lines = [
@@ -342,18 +723,25 @@ def report(results, flops, args) -> str:
         f'- machine: {platform.machine()}, {os.cpu_count()} CPU threads, '
         f'{platform.processor() or platform.platform()}; torch {torch.__version__}, '
         f'{torch.get_num_threads()} intra-op threads',
-        f'- command: `python tools/benchmark_blocks.py {" ".join(args.argv)}`'.rstrip(),
-        f'- C={args.channels} (LESA: C={LESA_CHANNELS}, 8 heads), batch 1 (lesa-cls: {LESA_CLS_BATCH}), fp32; time = median of at least {args.repeats} calls '
-        '(and at least 1 s of calls) after one warm-up call, or the single call when it '
-        'takes > 5 s; peak = rise of the resident set during the first call',
+        f'- command: `python tools/benchmark_blocks.py {" ".join(args.argv)}`'.rstrip()]
+    if args.pairs:
+        lines.append(
+            f'- C={args.channels} (LESA: C={LESA_CHANNELS}, 8 heads), batch 1 (lesa-cls: '
+            f'{LESA_CLS_BATCH}), fp32; time = median of at least {args.repeats} calls (and '
+            'at least 1 s of calls) after one warm-up call, or the single call when it '
+            'takes > 5 s; peak = rise of the resident set during the first call')
+    lines.append(
         f'- sgemm 4096³: **{flops["sgemm_gflops"]:.0f} GFLOP/s**; attention core (SDPA, '
         f'L={flops["attention_length"]}, d={flops["attention_dim"]}): '
         f'**{flops["attention_gflops"]:.0f} GFLOP/s = {100 * flops["attention_ratio"]:.0f}% '
-        'of sgemm**']
+        'of sgemm**')
+    if args.pairs:
+        lines.append('- ' + FLOOR_NOTE)
     if any(p not in LOW_RANK for p in args.pairs):
         lines += ['', '| block | mode | size (positions) | mmctx time | upstream time | '
-                  'speed-up | mmctx peak | upstream peak | memory ratio (upstream/mmctx) |',
-                  '|---|---|---|---|---|---|---|---|---|']
+                  'speed-up | mmctx peak | upstream peak | memory ratio (upstream/mmctx) | '
+                  'floor s | time / floor |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
     names = dict(nl='NL vs mmcv NonLocal2d', dnl='DNL vs mmseg DisentangledNonLocal2d',
                  gc='GC vs mmcv ContextBlock',
                  lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)',
@@ -372,7 +760,7 @@ def report(results, flops, args) -> str:
                     f'| {names[pair]} | {"forward" if mode == "inference" else "fwd+bwd"} '
                     f'| {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
                     f'{fmt_t(up)} | {ratio(ours, up, "time_s")} | {fmt_m(ours)} | '
-                    f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} |')
+                    f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} | {fmt_floor(ours)} |')
     low = [p for p in args.pairs if p in LOW_RANK]
     if low:
         lines += low_rank_report(results, low, args)
@@ -403,8 +791,9 @@ def low_rank_report(results, pairs, args) -> list:
              "preset 'mmseg') against mmctx's NonLocalBlock (memory-efficient) at the "
              'same size and, where one exists, the upstream implementation:', '',
              '| block | mode | size (positions) | time | NL time | NL / block | upstream '
-             'time | upstream / block | peak | NL peak | upstream peak |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             'time | upstream / block | peak | NL peak | upstream peak | floor s | '
+             'time / floor |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for pair in pairs:
         for mode in ('inference', 'train'):
             for size in sizes:
@@ -414,7 +803,8 @@ def low_rank_report(results, pairs, args) -> list:
                     f'| {LOW_RANK[pair]} | {"forward" if mode == "inference" else "fwd+bwd"}'
                     f' | {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
                     f'{fmt_t(nl)} | {rat(ours, nl, "time_s")} | {fmt_t(up)} | '
-                    f'{rat(ours, up, "time_s")} | {fmt_m(ours)} | {fmt_m(nl)} | {fmt_m(up)} |')
+                    f'{rat(ours, up, "time_s")} | {fmt_m(ours)} | {fmt_m(nl)} | {fmt_m(up)} | '
+                    f'{fmt_floor(ours)} |')
     if len(sizes) >= 2:
         a, b = sizes[0], sizes[-1]
         lines += ['', f'Log-log slopes from {a[0]}×{a[1]} to {b[0]}×{b[1]} (1.0 = linear in '
@@ -475,7 +865,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == '--worker':
         spec = json.loads(argv[1])
         spec['size'] = tuple(spec['size'])
-        print(json.dumps(worker(spec)))
+        print(json.dumps((whole_worker if spec.get('kind') == 'whole' else worker)(spec)))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=parse_size, nargs='+',
@@ -493,8 +883,19 @@ def main(argv=None) -> int:
     parser.add_argument('--survey-sizes', type=parse_size, nargs='+',
                         default=[parse_size(s) for s in SURVEY_SIZES],
                         help='sizes HxW of CC / PAM / ISA (inference and fwd+bwd)')
-    parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=list(PAIRS),
-                        help='which comparisons to run (default: all)')
+    parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=None,
+                        help='which comparisons to run (default: all; with --whole-model: '
+                        'none)')
+    parser.add_argument('--whole-model', action='store_true',
+                        help='add the whole-model section: one R-50-D8 Cityscapes model '
+                        "per family against mmseg's FCN and mmseg's own head (with no "
+                        '--pairs: that section only)')
+    parser.add_argument('--whole-size', type=int, nargs=2, metavar=('H', 'W'),
+                        default=list(WHOLE_SIZE),
+                        help='whole-model input size (default: %(default)s)')
+    parser.add_argument('--whole-families', nargs='+', choices=list(WHOLE_MODEL),
+                        default=list(WHOLE_MODEL),
+                        help='whole-model families (default: all)')
     parser.add_argument('--channels', type=int, default=512)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--quick', action='store_true', help='32x64 and 48x96 only')
@@ -504,6 +905,11 @@ def main(argv=None) -> int:
     args.argv = argv
     if args.channels < 2 or args.repeats < 1:
         parser.error('--channels must be >= 2 and --repeats >= 1')
+    if min(args.whole_size) < 32:
+        parser.error(f'--whole-size must be at least 32 32 (R-50-D8 halves it 3 times), '
+                     f'got {" ".join(map(str, args.whole_size))}')
+    if args.pairs is None:
+        args.pairs = [] if args.whole_model else list(PAIRS)
     if args.quick:
         args.sizes = args.train_sizes = [(32, 64), (48, 96)]
         args.lesa_sizes = [(14, 14), (32, 32)]
@@ -538,17 +944,32 @@ def main(argv=None) -> int:
         print(f'[{n:2d}/{len(specs)}] {spec["pair"]:10s} {spec["mode"]:9s} '
               f'{spec["size"][0]:3d}x{spec["size"][1]:<3d} {spec["impl"]:8s} {what}',
               flush=True)
-    largest = max(args.sizes, key=lambda s: s[0] * s[1])
-    flops = measure_gflops(largest[0] * largest[1], args.channels // 2)  # DNL: C/2
+    whole = []
+    for n, spec in enumerate(whole_specs(args) if args.whole_model else [], 1):
+        r = run_worker(spec)
+        whole.append(r)
+        what = r.get('error') or f'{r["time_s"]:8.3f} s  {r["peak_mib"]:8.1f} MiB'
+        print(f'[whole {n:2d}] {spec["family"]:9s} {spec["impl"]:5s} {what}', flush=True)
+    h, w = args.whole_size
+    length = (max(s[0] * s[1] for s in args.sizes) if args.pairs
+              else (h // 8) * (w // 8))  # the attention core at the largest size run
+    flops = measure_gflops(length, args.channels // 2)  # DNL: C/2
+    for r in results:
+        if 'flop_count' in r:
+            r['floor_s'] = floor_s(r['flop_count'], flops['sgemm_gflops'])
     text = report(results, flops, args)
-    with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
+    if whole:
+        text += '\n'.join(whole_report(whole, flops, args)) + '\n'
+    written = [osp.join(args.out_dir, f'benchmark.{ext}') for ext in ('md', 'json')]
+    with open(written[0], 'w') as f:
         f.write(text)
-    with open(osp.join(args.out_dir, 'benchmark.json'), 'w') as f:
-        json.dump(dict(results=results, flops=flops), f, indent=1)
-    plot(results, osp.join(args.out_dir, 'benchmark.png'))
+    with open(written[1], 'w') as f:
+        json.dump(dict(results=results, flops=flops, whole=whole), f, indent=1)
+    if results:
+        written.append(osp.join(args.out_dir, 'benchmark.png'))
+        plot(results, written[-1])
     print('\n' + text)
-    print('written: ' + ', '.join(osp.join(args.out_dir, f'benchmark.{ext}')
-                                  for ext in ('md', 'json', 'png')))
+    print('written: ' + ', '.join(written))
     return 0
 
 

@@ -1,0 +1,166 @@
+"""tools/benchmark_blocks.py: the arithmetic floors (the blocks' matmul FLOPs at the sgemm
+rate of the run) and the whole-model section (``--whole-model``), at tiny sizes."""
+import glob
+import importlib.util
+import json
+import math
+import os.path as osp
+import re
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_blocks', osp.join(ROOT, 'tools', 'benchmark_blocks.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+
+
+def nl_flops(length: int, channels: int, train: bool = False) -> float:
+    """Embedded Gaussian NL by hand: 4 1×1 convs (θ, φ, g: C→d; out: d→C) of
+    2·L·C·d FLOPs each, attention QKᵀ and AV 2·L²·d each; forward+backward: the convs
+    3× (grad of input and weight), the fused attention 3.5× (recompute + 4 matmuls)."""
+    d = channels // 2
+    convs, attention = 4 * 2 * length * channels * d, 4 * length * length * d
+    return 3 * convs + 3.5 * attention if train else convs + attention
+
+
+def test_invalid_arguments(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(['--whole-model', '--whole-size', '16', '64'])
+    assert '--whole-size must be at least 32 32' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(['--whole-model', '--whole-families', 'nonlocal'])
+    assert "invalid choice: 'nonlocal'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_nl_flop_count_is_the_formula(batch):
+    from mmctx.models.blocks import NonLocalBlock
+    block = NonLocalBlock(12, norm_cfg=dict(type='BN'))
+    x = torch.randn(batch, 12, 5, 7)  # L = 35, d = 6
+    count = bench.block_flops(block, x, train=False)
+    assert count == dict(forward=batch * nl_flops(35, 12), backward=0,
+                         attention=batch * 4 * 35 * 35 * 6)
+    count = bench.block_flops(block, x, train=True)
+    assert count['forward'] + count['backward'] == batch * nl_flops(35, 12, train=True)
+
+
+def test_backward_counts_the_gradient_path_only():
+    """A conv whose input and weight need gradients: 3×; a matmul under no_grad: 1×; a
+    conv on a detached input: 2× (its weight's gradient); a frozen conv: 2× (input)."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (torch.nn.Conv2d(4, 4, 1, bias=False)
+                                      for _ in range(3))
+            self.c.weight.requires_grad_(False)
+
+        def forward(self, x):
+            y = self.a(x)
+            with torch.no_grad():
+                gram = torch.bmm(y.flatten(2), y.flatten(2).transpose(1, 2))  # (1, 4, 4)
+            z = self.b(y.detach() * gram.mean())
+            return self.c(y) + z
+
+    x = torch.randn(1, 4, 3, 5)
+    conv, gram = 2 * 15 * 4 * 4, 2 * 4 * 15 * 4
+    count = bench.block_flops(Net(), x, train=True)
+    assert count['forward'] == 3 * conv + gram
+    assert count['backward'] == 2 * conv + conv + conv
+
+
+def test_whole_model_table_names_a_config_per_family():
+    """Every family's configs exist, and every configs/ folder with an R-50-D8
+    Cityscapes 512×1024 config has a family in the table."""
+    mim = osp.join(osp.dirname(importlib.util.find_spec('mmseg').origin), '.mim', 'configs')
+    assert osp.isfile(osp.join(mim, bench.WHOLE_FCN[len('mmseg::'):]))
+    folders = set()
+    for family in bench.WHOLE_MODEL:
+        paths = bench.whole_configs(family)
+        assert osp.isfile(paths['mmctx']), paths['mmctx']
+        folders.add(osp.basename(osp.dirname(paths['mmctx'])))
+        if 'mmseg' in paths:
+            assert osp.isfile(osp.join(mim, paths['mmseg'][len('mmseg::'):])), paths
+    found = {osp.basename(osp.dirname(p)) for p in glob.glob(
+        osp.join(ROOT, 'configs', '*', '*_r50-d8_*_cityscapes-512x1024.py'))}
+    assert found and found <= folders, found - folders
+    assert {'nl', 'dnl', 'gc', 'lesa', 'ema', 'cc'} <= set(bench.WHOLE_MODEL)
+
+
+def _cells(text: str, start: str) -> list:
+    rows = [line for line in text.splitlines() if line.startswith(start)]
+    return [[c.strip() for c in row.strip('|').split('|')] for row in rows]
+
+
+def _number(cell: str) -> float:
+    return float(re.match(r'[-+]?[0-9.e+-]+', cell).group(0))
+
+
+def _follows(ratio: str, num: float, num_step: float, den: str) -> bool:
+    """``ratio`` (2 decimals) is ``num`` (printed to ``num_step``) over ``den`` (4
+    significant digits), to rounding."""
+    r, d = _number(ratio), _number(den)
+    d_err = 0.5 * 10 ** (math.floor(math.log10(abs(d))) - 3)
+    ends = [n / m for n in (num - num_step / 2, num + num_step / 2)
+            for m in (d - d_err, d + d_err)]
+    return min(ends) - 0.005 <= r <= max(ends) + 0.005
+
+
+def test_report_floors_and_whole_model_rows(tmp_path, monkeypatch, capsys):
+    """One run: ``--pairs nl`` at 16×32 (C=64) and ``--whole-model`` at 64×128 for NL.
+    The floors are the hand formula at the run's sgemm rate (fixed here), each ratio is
+    its printed time over its printed floor, the whole-model rows are there."""
+    sgemm = 2.0  # GFLOP/s: the sgemm measurement (~10 s single-threaded) replaced
+    monkeypatch.setattr(bench, 'measure_gflops', lambda length, d: dict(
+        sgemm_gflops=sgemm, attention_gflops=1.0, attention_length=length,
+        attention_dim=d, attention_ratio=1.0 / sgemm))
+    out = tmp_path / 'bench'
+    assert bench.main(['--pairs', 'nl', '--sizes', '16x32', '--train-sizes', '16x32',
+                       '--channels', '64', '--repeats', '1', '--whole-model',
+                       '--whole-size', '64', '128', '--whole-families', 'nl',
+                       '--out-dir', str(out)]) == 0
+    text = (out / 'benchmark.md').read_text()
+    assert text in capsys.readouterr().out
+    data = json.loads((out / 'benchmark.json').read_text())
+
+    # the block table: two new columns; floor = the formula / sgemm; ratio = time / floor
+    header = _cells(text, '| block |')[0]
+    assert header[-2:] == ['floor s', 'time / floor'] and 'speed-up' in header
+    rows = _cells(text, '| NL vs mmcv NonLocal2d |')
+    assert [r[1] for r in rows] == ['forward', 'fwd+bwd']
+    for row, train in zip(rows, (False, True)):
+        floor = nl_flops(16 * 32, 64, train) / (sgemm * 1e9)
+        assert _number(row[-2]) == pytest.approx(floor, rel=1e-3)
+        assert _follows(row[-1], _number(row[3]) / 1e3, 1e-4, row[-2]), row
+    counts = {r['mode']: r['flop_count'] for r in data['results'] if r['impl'] == 'mmctx'}
+    assert counts['inference']['forward'] == nl_flops(16 * 32, 64)
+    assert 'floor s = the mmctx block' in text and '3.5×' in text
+
+    # the whole-model table: FCN, mmctx NL, mmseg NL; added = time − FCN's time
+    assert '## Whole-model inference, 64×128' in text
+    header = _cells(text, '| family |')[0]
+    assert header[-3:] == ['block GFLOP', 'floor s', 'added / floor']
+    rows = {(r[0], r[1].split()[0]): r for r in _cells(text, '| fcn |') + _cells(
+        text, '| nl |')}
+    assert set(rows) == {('fcn', 'mmseg'), ('nl', 'mmctx'), ('nl', 'mmseg')}, rows
+    fcn = _number(rows['fcn', 'mmseg'][3])
+    floor = nl_flops(8 * 16, 512) / (sgemm * 1e9)  # the head's 512 channels at 64×128/8
+    for key in (('nl', 'mmctx'), ('nl', 'mmseg')):
+        row = rows[key]
+        assert row[2] == '512×8×16', row  # the block's input
+        added = _number(row[4])
+        assert added == pytest.approx(_number(row[3]) - fcn, abs=1.5e-3)
+        assert _number(row[-2]) == pytest.approx(floor, rel=1e-3)
+        assert _follows(row[-1], added, 1e-3, row[-2]), row
+    assert 'NonLocalBlock' in rows['nl', 'mmctx'][1] and 'NLHead' in rows['nl', 'mmseg'][1]
+    assert [w['impl'] for w in data['whole']] == ['fcn', 'mmctx', 'mmseg']
+    assert all('error' not in w and w['peak_mib'] > 0 for w in data['whole'])
