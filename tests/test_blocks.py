@@ -66,6 +66,8 @@ def build(cls, kwargs, dim=2, **extra):
     (lambda: NonLocalBlock(C, qk_init_std=0), ValueError, 'qk_init_std must be a number > 0'),
     (lambda: DisentangledNonLocalBlock(C, qk_init_std='0.1'), ValueError,
      "qk_init_std must be a number > 0, got '0.1'"),
+    (lambda: NonLocalBlock(C, value_init_std=-1.), ValueError,
+     'value_init_std must be a number > 0, got -1.0'),
     (lambda: DisentangledNonLocalBlock(C, mode='dot_product'), ValueError,
      'needs temperature=1, got 0.05'),
     (lambda: DisentangledNonLocalBlock(C, pairwise=False, unary='none'), ValueError,
@@ -365,21 +367,23 @@ def test_nonlocal_zero_inits_the_output_norm_or_conv(norm_cfg):
 
 @pytest.mark.parametrize('cls, std', [(NonLocalBlock, 0.3), (DisentangledNonLocalBlock, 0.07),
                                       (PairwiseNonLocalBlock, 0.07)])
-def test_qk_init_std_sets_only_the_query_key_init(cls, std):
+def test_init_stds_set_the_query_key_and_value_inits(cls, std):
     torch.manual_seed(0)
-    block = cls(64, qk_init_std=std)
+    block = cls(64, qk_init_std=std, value_init_std=0.2)
     default = cls(64)
     for conv in (block.theta, block.phi):  # 64 * 32 weights: the sample std is within 10 %
         assert abs(conv.weight.std().item() - std) < 0.1 * std
         assert conv.bias.abs().sum() == 0
     assert abs(default.theta.weight.std().item() - 0.01) < 0.001  # mmcv's init unchanged
-    assert abs(block.g.weight.std().item() - 0.01) < 0.001  # the value keeps mmcv's init
+    assert abs(block.g.weight.std().item() - 0.2) < 0.02
+    assert abs(default.g.weight.std().item() - 0.01) < 0.001
     last = block.conv_out.norm if block.conv_out.with_norm else block.conv_out.conv
     assert last.weight.abs().sum() == 0  # still the identity at init
     randomize(block)
     block.init_weights()
     assert abs(block.phi.weight.std().item() - std) < 0.1 * std
-    assert f'qk_init_std={std}' in repr(block) and 'qk_init_std' not in repr(default)
+    assert f'qk_init_std={std}, value_init_std=0.2' in repr(block)
+    assert 'init_std' not in repr(default)
 
 
 # --------------------------------------------------------------- reliability

@@ -64,7 +64,7 @@ def test_dataset_loads_through_the_mmseg_pipeline(tmp_path):
     from mmseg.registry import DATASETS
     root = generate_context_shapes(str(tmp_path), 'paired', 4, 2)
     cfg = Config.fromfile(osp.join(
-        ROOT, 'configs', 'contextshapes', 'baseline_tinyconv_1xb12-600iter_contextshapes-global.py'))
+        ROOT, 'configs', 'contextshapes', 'baseline_tinyconv_1xb12-1000iter_contextshapes-global.py'))
     init_default_scope('mmseg')
     ds_cfg = cfg.val_dataloader.dataset
     ds_cfg.data_root = root
@@ -76,7 +76,7 @@ def test_dataset_loads_through_the_mmseg_pipeline(tmp_path):
     assert tuple(sample['inputs'].shape) == (3, 64, 64)
     assert cfg.model.data_preprocessor.size == (48, 48) == (cs.SIZES['global'], ) * 2
     paired = Config.fromfile(osp.join(ROOT, 'configs', 'contextshapes',
-                                      'nonlocal_tinyconv_1xb12-600iter_contextshapes-paired.py'))
+                                      'nonlocal_tinyconv_1xb12-1000iter_contextshapes-paired.py'))
     assert paired.model.data_preprocessor.size == (64, 64) == (cs.SIZES['paired'], ) * 2
     seg = sample['data_samples'].gt_sem_seg.data
     assert set(seg.unique().tolist()) <= {0, 1, 2, 3} and (seg > 0).any()

@@ -115,3 +115,18 @@ def test_claims_table_verdicts_from_measured_numbers():
     assert verdict('survey', 'paired: NL ≈ A² ≈ EMA(T=1)').startswith('not measurable')
     assert verdict('LESA', 'paired: in self-attention the own-position (unary) share is '
                    'small') == 'does not hold'  # 0.2 >= 0.1
+
+
+def test_iters_override_scales_the_warm_up_and_ends_the_decay():
+    import sys
+    from mmengine.config import Config
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import demo
+    cfg = Config.fromfile(demo.find_config('nonlocal', 'paired'))
+    assert cfg.train_cfg.max_iters == 1000  # the recipe: 100 warm-up + poly decay to 1000
+    assert [s['type'] for s in cfg.param_scheduler] == ['LinearLR', 'PolyLR']
+    assert demo.scaled_schedule(cfg, 200) == {
+        'param_scheduler.0.begin': 0, 'param_scheduler.0.end': 20,
+        'param_scheduler.1.begin': 20, 'param_scheduler.1.end': 200}
+    assert demo.scaled_schedule(cfg, 2000)['param_scheduler.0.end'] == 200
+    assert demo.scaled_schedule(cfg, 2)['param_scheduler.0.end'] == 1  # never empty

@@ -3,7 +3,7 @@
     python tools/demo.py                 # 5 models x 2 variants x 1 seed (~10 min, 2 cores)
     python tools/demo.py --full          # every model x 2 variants x 3 seeds
     python tools/demo.py --seeds 3 --models baseline nonlocal gcnet --variants paired
-    python tools/demo.py --quick         # 200 instead of 600 iterations per run
+    python tools/demo.py --quick         # 200 instead of 1000 iterations per run
 
 Generates ContextShapes (mmctx/datasets/context_shapes.py) under ``--data-root`` if
 missing, then trains and validates every model of ``configs/contextshapes/`` on both
@@ -154,8 +154,8 @@ def train_one(model: str, variant: str, data_root: str, work_dir: str, iters, ta
                for s in ('train', 'val', 'test')}
     if iters is not None:
         options.update({'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters,
-                        'param_scheduler.0.end': iters,
                         'default_hooks.checkpoint.interval': iters})
+        options.update(scaled_schedule(cfg, iters))
     options['randomness.seed'] = seed
     run_dir = osp.join(work_dir, run_name(model, variant, seed))
     prepare_cfg(cfg, config_path=config, work_dir=run_dir, cfg_options=options)
@@ -185,6 +185,20 @@ def train_one(model: str, variant: str, data_root: str, work_dir: str, iters, ta
                 iters=max_iters, seconds=round(seconds, 1),
                 **{k: _float(metrics.get(k)) for k in ('mIoU', 'mAcc', 'aAcc')},
                 checkpoint=ckpt if osp.isfile(ckpt) else None)
+
+
+def scaled_schedule(cfg, iters: int) -> dict:
+    """``--iters`` options for the configs' schedule: the warm-up keeps its share of
+    the run (100 of 1000 iterations → 20 of 200), the decay ends at ``iters``."""
+    total = cfg.train_cfg.max_iters
+    options = {}
+    for i, sched in enumerate(cfg.param_scheduler):
+        begin = round(sched.get('begin', 0) * iters / total)
+        end = iters if sched.get('end', total) >= total else max(
+            1, round(sched['end'] * iters / total))
+        options[f'param_scheduler.{i}.begin'] = begin
+        options[f'param_scheduler.{i}.end'] = end
+    return options
 
 
 def run_name(model: str, variant: str, seed: int) -> str:

@@ -1,4 +1,4 @@
-_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './baseline_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # A² (double attention): m = n = 32/4 = 8 descriptors, in the head
 model = dict(
     decode_head=dict(

@@ -1,4 +1,4 @@
-_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './baseline_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # EMA: 16 bases, ONE EM iteration (the survey: alike NL / A²), in the head
 model = dict(
     decode_head=dict(

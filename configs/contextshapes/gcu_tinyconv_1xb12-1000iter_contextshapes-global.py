@@ -1,4 +1,4 @@
-_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './baseline_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # GCU: graph units of 2, 4, 8, 32 Gaussian vertices, graph convolution, reprojection
 model = dict(
     decode_head=dict(

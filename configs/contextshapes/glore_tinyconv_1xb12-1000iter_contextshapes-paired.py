@@ -1,4 +1,4 @@
-_base_ = './glore_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './glore_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # the paired variant: 64x64 images (up to 5 object-cue pairs), same recipe otherwise
 data_root = 'data/contextshapes/paired'
 model = dict(data_preprocessor=dict(size=(64, 64)))

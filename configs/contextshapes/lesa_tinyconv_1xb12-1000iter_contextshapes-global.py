@@ -1,4 +1,4 @@
-_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './baseline_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # LESA (unary 3x3 conv + binary self-attention + learned gate) in the head; 8 heads on
 # the head's 32 channels, 2-D relative positions for the 24x24 feature map
 model = dict(

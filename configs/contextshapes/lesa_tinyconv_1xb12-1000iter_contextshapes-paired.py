@@ -1,4 +1,4 @@
-_base_ = './lesa_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './lesa_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # the paired variant: 64x64 images (up to 5 object-cue pairs), same recipe otherwise
 data_root = 'data/contextshapes/paired'
 # relative positions for the paired variant's 32x32 feature map

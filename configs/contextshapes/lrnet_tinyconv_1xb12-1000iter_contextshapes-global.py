@@ -1,4 +1,4 @@
-_base_ = './baseline_tinyconv_1xb12-600iter_contextshapes-global.py'
+_base_ = './baseline_tinyconv_1xb12-1000iter_contextshapes-global.py'
 # Local relation 7x7 (LR-Net): a local control, not a context model
 model = dict(
     decode_head=dict(

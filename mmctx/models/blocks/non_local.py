@@ -93,6 +93,10 @@ class PairwiseContextBlock(ContextBlockBase):
             attention may never leave that state (ContextShapes, ``tools/demo.py``).
             A larger value starts from a spread of logits; blocks whose logits are
             scaled up (DNL's ``temperature=0.05``) need a correspondingly smaller one.
+        value_init_std: std of the normal init of the value projection g (> 0; default
+            mmcv's 0.01). With the zero-initialised output, a tiny value also makes the
+            first gradients reaching the attention tiny; a larger one lets a short
+            schedule learn the attention (``tools/demo.py``).
     """
 
     def __init__(self,
@@ -108,7 +112,8 @@ class PairwiseContextBlock(ContextBlockBase):
                  pairwise: bool = True,
                  unary: str = 'none',
                  value: str = 'reduced',
-                 qk_init_std: float = 0.01) -> None:
+                 qk_init_std: float = 0.01,
+                 value_init_std: float = 0.01) -> None:
         super().__init__(in_channels, dim)
         self.reduction = check_int('reduction', reduction)
         self.inter_channels = in_channels // reduction
@@ -130,10 +135,10 @@ class PairwiseContextBlock(ContextBlockBase):
             raise ValueError(f'temperature applies to the softmax modes {SOFTMAX_MODES}; '
                              f'mode={mode!r} needs temperature=1, got {temperature}')
         self.temperature = float(temperature)
-        if isinstance(qk_init_std, bool) or not isinstance(qk_init_std, (int, float)) \
-                or not qk_init_std > 0:
-            raise ValueError(f'qk_init_std must be a number > 0, got {qk_init_std!r}')
-        self.qk_init_std = float(qk_init_std)
+        for name, std in (('qk_init_std', qk_init_std), ('value_init_std', value_init_std)):
+            if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
+                raise ValueError(f'{name} must be a number > 0, got {std!r}')
+        self.qk_init_std, self.value_init_std = float(qk_init_std), float(value_init_std)
         if not pairwise and unary == 'none':
             raise ValueError('a block with pairwise=False and unary="none" models no '
                              'context; enable at least one term')
@@ -169,9 +174,9 @@ class PairwiseContextBlock(ContextBlockBase):
     def reset_parameters(self) -> None:
         """mmcv's NonLocal init: projections N(0, 0.01), output zero-initialised.
 
-        θ/φ use ``qk_init_std`` (0.01 by default, as mmcv).
+        θ/φ use ``qk_init_std``, g ``value_init_std`` (0.01 by default, as mmcv).
         """
-        for conv, std in ((self.g, 0.01), (self.theta, self.qk_init_std),
+        for conv, std in ((self.g, self.value_init_std), (self.theta, self.qk_init_std),
                           (self.phi, self.qk_init_std)):
             if conv is not None:
                 nn.init.normal_(conv.weight, std=std)
@@ -280,7 +285,8 @@ class PairwiseContextBlock(ContextBlockBase):
         return (f'{super().extra_repr()}, mode={self.mode!r}, reduction={self.reduction}, '
                 f'whiten={self.whiten!r}, temperature={self.temperature}, '
                 f'pairwise={self.pairwise}, unary={self.unary!r}, value={self.value!r}'
-                + (f', qk_init_std={self.qk_init_std}' if self.qk_init_std != 0.01 else ''))
+                + ''.join(f', {k}={getattr(self, k)}' for k in ('qk_init_std', 'value_init_std')
+                          if getattr(self, k) != 0.01))
 
 
 @MODELS.register_module()
@@ -288,7 +294,8 @@ class NonLocalBlock(PairwiseContextBlock):
     """Non-local block with mmcv ``NonLocal1d/2d/3d`` semantics.
 
     Args: see :class:`PairwiseContextBlock` (``in_channels``, ``reduction``, ``mode``,
-    ``use_scale``, ``sub_sample``, ``norm_cfg``, ``dim``, ``qk_init_std``).
+    ``use_scale``, ``sub_sample``, ``norm_cfg``, ``dim``, ``qk_init_std``,
+    ``value_init_std``).
 
     Note:
         As mmcv: the output projection (its norm if ``norm_cfg`` is set, else its
@@ -301,10 +308,11 @@ class NonLocalBlock(PairwiseContextBlock):
     def __init__(self, in_channels: int, reduction: int = 2,
                  mode: str = 'embedded_gaussian', use_scale: bool = True,
                  sub_sample: bool = False, norm_cfg: Optional[dict] = None,
-                 dim: int = 2, qk_init_std: float = 0.01) -> None:
+                 dim: int = 2, qk_init_std: float = 0.01,
+                 value_init_std: float = 0.01) -> None:
         super().__init__(in_channels, reduction=reduction, mode=mode,
                          use_scale=use_scale, sub_sample=sub_sample, norm_cfg=norm_cfg,
-                         dim=dim, qk_init_std=qk_init_std)
+                         dim=dim, qk_init_std=qk_init_std, value_init_std=value_init_std)
 
 
 #: the three reference implementations of DNL (REFERENCE.md §3.2)
@@ -348,13 +356,15 @@ class DisentangledNonLocalBlock(PairwiseContextBlock):
                  norm_cfg: Optional[dict] = None, dim: int = 2,
                  whiten: Optional[str] = None, temperature: Optional[float] = None,
                  pairwise: bool = True, unary: Optional[str] = None,
-                 value: Optional[str] = None, qk_init_std: float = 0.01) -> None:
+                 value: Optional[str] = None, qk_init_std: float = 0.01,
+                 value_init_std: float = 0.01) -> None:
         check_choice('preset', preset, tuple(DNL_PRESETS))
         given = dict(reduction=reduction, mode=mode, use_scale=use_scale, whiten=whiten,
                      temperature=temperature, unary=unary, value=value)
         args = {k: DNL_PRESETS[preset][k] if v is None else v for k, v in given.items()}
         super().__init__(in_channels, sub_sample=sub_sample, norm_cfg=norm_cfg, dim=dim,
-                         pairwise=pairwise, qk_init_std=qk_init_std, **args)
+                         pairwise=pairwise, qk_init_std=qk_init_std,
+                         value_init_std=value_init_std, **args)
         self.preset = preset
 
 
