@@ -32,6 +32,7 @@ setup(
     extras_require={
         'stack': read_requirements('requirements/stack.txt'),
         'tests': read_requirements('requirements/tests.txt'),
+        'deploy': read_requirements('requirements/deploy.txt'),
     },
     license='Apache License 2.0',
     zip_safe=False,

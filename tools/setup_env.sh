@@ -169,8 +169,9 @@ step "mmsegmentation 1.2.2, mmdet 3.3.0, mmaction2 1.2.0, mmpretrain 1.2.0" \
   "pip install -c $CONSTRAINTS -r $ROOT/requirements/stack.txt"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/stack.txt"
 
-step "mmctx (editable) and the test requirements" "pip install -e $ROOT"
-"${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT" -r "$ROOT/requirements/tests.txt"
+step "mmctx (editable, with the deploy extra: ONNX export) and the test requirements" \
+  "pip install -e \"${ROOT}[deploy]\""
+"${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation -e "${ROOT}[deploy]" -r "$ROOT/requirements/tests.txt"
 
 step "mmaction2 1.2.0 wheel: restore the missing localizers/drn package (STACK.md §2)" \
   "$PY -m mmctx.compat.mmaction_drn --check"
@@ -180,10 +181,12 @@ step "verifying the stack" "run the printed python snippet by hand to see the tr
 "$PY" - <<'EOF'
 import torch, torchvision, torchvision.ops, mmengine, mmcv, mmcv.ops, mmseg, mmdet
 import mmaction, mmaction.models, mmpretrain, mmpretrain.models, mmctx
+import onnx, onnxruntime, onnxscript  # the deploy extra (ONNX export)
 print(f"  torch {torch.__version__} (cuda: {torch.version.cuda}), torchvision "
       f"{torchvision.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} "
       f"(ops ok), mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmaction2 "
-      f"{mmaction.__version__}, mmpretrain {mmpretrain.__version__}, mmctx {mmctx.__version__}")
+      f"{mmaction.__version__}, mmpretrain {mmpretrain.__version__}, mmctx {mmctx.__version__}, "
+      f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
 EOF
 trap - ERR
 printf '\n[mmctx setup] done: activate with  source %s/bin/activate\n' "$VENV"

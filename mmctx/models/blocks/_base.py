@@ -18,6 +18,18 @@ def no_autocast(t: torch.Tensor):
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
+def exporting() -> bool:
+    """Whether the forward is being traced for export (``torch.export``, which the ONNX
+    exporter runs, or the TorchScript ONNX exporter).
+
+    The memory-saving chunk loops (NL's concatenation mode, the local relation) then run
+    as one chunk: their number of chunks depends on the input size, which an exported
+    graph with a dynamic size cannot bake in (the result is the same; the exported model
+    holds the whole map at once, as the explicit path does).
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be an int >= {minimum}, got '
@@ -81,6 +93,9 @@ class ContextBlockBase(nn.Module):
     _abbr_ = 'context_block'
     #: whether the output is the input plus (or times) what the block adds
     residual = True
+    #: why a graph traced at one input size holds for that size only (an export with a
+    #: dynamic size is refused with it, :mod:`mmctx.deploy.onnx`); None: it does not
+    fixed_size_reason: Optional[str] = None
 
     def __init__(self, in_channels: int, dim: int = 2) -> None:
         super().__init__()

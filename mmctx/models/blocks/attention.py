@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ._base import no_autocast, upcast
+from ._base import exporting, no_autocast, upcast
 
 Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -99,6 +99,8 @@ def concatenation_attention(q_score: torch.Tensor, k_score: torch.Tensor,
         if need_weights:
             weights = torch.relu(q_score.unsqueeze(2) + k_score.unsqueeze(1)) / num_keys
             return torch.bmm(weights, v).to(dtype), weights
+        if exporting():  # one chunk (see exporting()): the chunk count depends on Lq
+            return _concat_chunk(q_score, k_score, v).div_(num_keys).to(dtype), None
         budget = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
         step = max(1, budget // max(1, num_keys * q_score.shape[0]))
         grad = torch.is_grad_enabled() and (q_score.requires_grad or k_score.requires_grad

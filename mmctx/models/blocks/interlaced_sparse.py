@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_cfg, check_int
+from ._base import ContextBlockBase, check_cfg, check_int, exporting
 from .projected_attention import ProjectedAttention, conv_modules
 
 Maps = Dict[str, torch.Tensor]
@@ -156,10 +156,13 @@ class InterlacedSparseBlock(ContextBlockBase):
         self.check_input(x)
         n, c, spatial, d = x.shape[0], x.shape[1], tuple(x.shape[2:]), self.dim
         local = self.down_factor  # P: size of a short-range group, per axis
-        glob = tuple(math.ceil(s / p) for s, p in zip(spatial, local))  # G groups / axis
+        # G groups per axis, ⌈S / P⌉ in integers (symbolic in an exported graph)
+        glob = tuple((s + p - 1) // p for s, p in zip(spatial, local))
         pads = [g * p - s for g, p, s in zip(glob, local, spatial)]
+        # exported: pad and crop always (a zero pad is a copy), no branch on the size
+        padded = exporting() or any(pads)
         feats = x
-        if any(pads):  # F.pad takes the last axis first
+        if padded:  # F.pad takes the last axis first
             feats = F.pad(x, [v for pad in reversed(pads) for v in (pad // 2, pad - pad // 2)])
         # long-range groups: the positions with one offset r inside their P-block
         feats = feats.reshape(n, c, *_interleave(glob, local))  # (N, C, G1, P1, ..., GD, PD)
@@ -178,7 +181,11 @@ class InterlacedSparseBlock(ContextBlockBase):
         feats = feats.permute(0, 1 + d, *_interleave([1 + i for i in range(d)],
                                                      [2 + d + i for i in range(d)]))
         feats = feats.reshape(n, c, *[g * p for g, p in zip(glob, local)])  # (N, C, *S')
-        if any(pads):
+        if padded and exporting():  # the same crop as a gather: a slice's bound checks
+            for axis, (pad, s) in enumerate(zip(pads, spatial)):  # would bound the size
+                index = torch.arange(s, device=feats.device) + pad // 2
+                feats = feats.index_select(2 + axis, index)
+        elif padded:
             feats = feats[(slice(None), slice(None)) + tuple(
                 slice(pad // 2, pad // 2 + s) for pad, s in zip(pads, spatial))]
         out = self.out_conv(torch.cat([feats, x], dim=1))

@@ -300,7 +300,14 @@ class LESABlock(ContextBlockBase):
 
     # --- shared steps -------------------------------------------------------------
     def check_size(self, h: int, w: int) -> None:
-        if self.binary and self.pe_type == 'classification' and (h, w) != self.pe_size:
+        if not (self.binary and self.pe_type == 'classification'):
+            return
+        if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):  # traced, dynamic
+            raise ValueError(
+                "LESABlock(pe_type='classification') cannot have a dynamic size: its "
+                'embeddings index the flattened position of a pe_size map, '
+                f'pe_size={self.pe_size}; export it at that size')
+        if (h, w) != self.pe_size:
             raise ValueError(
                 f"LESABlock(pe_type='classification') is tied to the feature-map size it "
                 f'was built for, pe_size={self.pe_size} (its embeddings index the '
@@ -468,8 +475,11 @@ class LESABlock(ContextBlockBase):
                     mean, sq = torch.cat([mean, r_mean]), torch.cat([sq, r_sq])
                 scale = bn_logit_scale(bn, mean, sq, pairs).to(q.dtype)
                 s_qk, s_r = scale[:g].view(1, g, 1, 1), scale[g:].view(1, g, 1, 1)
-                rows = F.one_hot(torch.arange(length, device=x.device) // w, h).to(q.dtype)
-                cols = F.one_hot(torch.arange(length, device=x.device) % w, w).to(q.dtype)
+                # one-hot row / column of each position (a comparison, not F.one_hot,
+                # whose class count would fix H and W in an exported graph)
+                pos = torch.arange(length, device=x.device).unsqueeze(1)  # (L, 1)
+                rows = (pos // w == torch.arange(h, device=x.device)).to(q.dtype)  # (L, H)
+                cols = (pos - pos // w * w == torch.arange(w, device=x.device)).to(q.dtype)
                 query = torch.cat([q * s_qk, alpha * s_r, beta * s_r], dim=-1)
                 key = torch.cat([k, rows.expand(n, g, -1, -1), cols.expand(n, g, -1, -1)],
                                 dim=-1)

@@ -74,7 +74,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_bool, check_choice, check_int, no_autocast, upcast
+from ._base import (ContextBlockBase, check_bool, check_choice, check_int, exporting,
+                    no_autocast, upcast)
 
 COMPOSABILITIES = ('squared_difference', 'absolute_difference', 'product')
 
@@ -275,6 +276,8 @@ class LocalRelationBlock(ContextBlockBase):
             if explicit:
                 out, weights = self._chunk(v_pad, q, k, table, (h, w), 0, ho, True)
                 return out.to(x.dtype), weights
+            if exporting():  # one chunk (see exporting()): the chunk count depends on H'
+                return self._chunk(v_pad, q, k, table, (h, w), 0, ho, False).to(x.dtype), None
             per_row = x.shape[0] * self.out_channels * self.kernel_size ** 2 * wo
             chunk = max(1, self.chunk_elements // per_row)
             grad = torch.is_grad_enabled() and any(

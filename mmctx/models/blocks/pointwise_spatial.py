@@ -117,14 +117,16 @@ def _mask_size(value: Sequence[int]) -> Tuple[int, int]:
 
 def _diagonal(full: torch.Tensor, start: int, h: int, w: int) -> torch.Tensor:
     """The ``(N, r, W, H, W)`` view ``[n, i, j, k, l] = full[n, i, j, k − (start + i) + H
-    − 1, l − j + W − 1]`` of a contiguous re-centred chunk ``full`` ``(N, r, W, 2H−1,
-    2W−1)`` of owner rows ``start … start + r − 1``: the pairwise logits, no copy."""
+    − 1, l − j + W − 1]`` of a re-centred chunk ``full`` ``(N, r, W, 2H−1, 2W−1)`` of
+    owner rows ``start … start + r − 1``: the pairwise logits, no copy. ``full`` is a
+    fresh contiguous tensor (its storage starts at it: offset 0, not read with
+    ``storage_offset()``, which torch.compile cannot trace without a graph break)."""
     n, r = full.shape[:2]
     a, b = 2 * h - 1, 2 * w - 1
     s_n, s_h, s_w = r * w * a * b, w * a * b, a * b
     # owner row i of the chunk is row start + i of the map: its offset is absorbed by start
     return full.as_strided((n, r, w, h, w), (s_n, s_h - b, s_w - 1, b, 1),
-                           full.storage_offset() + (h - 1 - start) * b + (w - 1))
+                           (h - 1 - start) * b + (w - 1))
 
 
 def _pads(h: int, w: int, mask_size: Tuple[int, int]) -> Tuple[int, int, int, int]:
@@ -257,6 +259,10 @@ class PointwiseSpatialBlock(ContextBlockBase):
 
     _abbr_ = 'psa_block'
     residual = False
+    fixed_size_reason = (
+        "its attention-map size and resize align_corners follow mmseg's PSAHead, which "
+        'picks them by the parity of H and W, and the over-completion loops over chunks '
+        'of rows whose count depends on the size')
 
     def __init__(self, in_channels: int, channels: Optional[int] = None,
                  mask_size: Sequence[int] = (97, 97), psa_type: str = 'bi-direction',

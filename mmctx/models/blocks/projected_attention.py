@@ -22,7 +22,7 @@ from mmcv.cnn import ConvModule
 from ._base import pointwise
 from .attention import softmax_attention
 from .low_rank import norm_cfg_for
-from .non_local import flatten, unflatten
+from .non_local import flatten
 
 
 def conv_module(dim: int, in_channels: int, out_channels: int, norm_cfg: Optional[dict],
@@ -106,4 +106,6 @@ class ProjectedAttention(nn.Module):
             k, v = key_pool(k), key_pool(v)  # (N, d, K), (N, dv, K)
         y, weights = softmax_attention(flatten(q), flatten(k), flatten(v),
                                        self.channels ** -0.5, need_weights)  # (N, Lq, dv)
-        return unflatten(y, tuple(q.shape[2:])), weights
+        # (N, Lq, dv) -> (N, dv, *Sq); not unflatten(), whose branch for Lq = 1 would
+        # fix the size in an exported graph (here Lq is always ΠSq)
+        return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], *q.shape[2:]), weights
