@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from mmctx.deploy.onnx import random_weights
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SMOKE_CONFIG = osp.join(
     ROOT, 'configs', 'smoke', 'gcb-r4-plugin_r50w16-d8_1xb2-20iter_cityscapes-64x128.py')
@@ -104,16 +106,6 @@ def _cache_mmengine_metafile_reads():
 _cache_mmengine_metafile_reads()
 
 
-def randomize(module, std=0.3, seed=0):
-    """Random weights (N(0, std²), zero-initialised layers included) and BN statistics
-    away from (0, 1), so that no term of a block is trivially zero."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
-        for name, b in module.named_buffers():
-            if name.endswith('running_var'):
-                b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + 0.5)
-            elif name.endswith('running_mean'):
-                b.copy_(torch.randn(b.shape, generator=gen, dtype=b.dtype) * 0.1)
-    return module
+# random weights (N(0, std²), zero-initialised layers included) and BN statistics away
+# from (0, 1), so that no term of a block is trivially zero: the export tool's function
+randomize = random_weights
