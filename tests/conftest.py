@@ -67,12 +67,18 @@ def bn(x, m):
     return (x - mean) / torch.sqrt(var + m.eps) * m.weight.view(shape) + m.bias.view(shape)
 
 
-def largest_saved_for_backward(fn, x) -> int:
+def largest_saved_for_backward(fn, x, map_budget_mb: float = 0) -> int:
     """The largest tensor (elements) autograd saves for backward while ``fn(x)`` runs;
-    ``fn(x).sum()`` is then backpropagated (so recomputation paths run too)."""
+    ``fn(x).sum()`` is then backpropagated (so recomputation paths run too).
+
+    Softmax attention runs with ``map_budget_mb`` (default 0: the fused kernel, which
+    keeps no map — what training runs beyond the budget; within it the map is kept)."""
     from torch.autograd.graph import saved_tensors_hooks
+
+    from mmctx.models.blocks.attention import map_budget
     sizes = [0]
-    with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+    with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t), \
+            map_budget(map_budget_mb):
         out = fn(x)
     out.sum().backward()
     return max(sizes)

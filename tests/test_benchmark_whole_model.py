@@ -24,13 +24,14 @@ def _load():
 bench = _load()
 
 
-def nl_flops(length: int, channels: int, train: bool = False) -> float:
+def nl_flops(length: int, channels: int, train: bool = False, kept: bool = True) -> float:
     """Embedded Gaussian NL by hand: 4 1×1 convs (θ, φ, g: C→d; out: d→C) of
     2·L·C·d FLOPs each, attention QKᵀ and AV 2·L²·d each; forward+backward: the convs
-    3× (grad of input and weight), the fused attention 3.5× (recompute + 4 matmuls)."""
+    3× (grad of input and weight), the attention 3× with the map kept (4 matmuls) or
+    3.5× with the fused kernel (recompute + 4 matmuls)."""
     d = channels // 2
     convs, attention = 4 * 2 * length * channels * d, 4 * length * length * d
-    return 3 * convs + 3.5 * attention if train else convs + attention
+    return 3 * convs + (3 if kept else 3.5) * attention if train else convs + attention
 
 
 def test_invalid_arguments(capsys):
@@ -50,8 +51,12 @@ def test_nl_flop_count_is_the_formula(batch):
     count = bench.block_flops(block, x, train=False)
     assert count == dict(forward=batch * nl_flops(35, 12), backward=0,
                          attention=batch * 4 * 35 * 35 * 6)
-    count = bench.block_flops(block, x, train=True)
+    count = bench.block_flops(block, x, train=True)  # the map fits: kept
     assert count['forward'] + count['backward'] == batch * nl_flops(35, 12, train=True)
+    from mmctx.models.blocks.attention import map_budget
+    with map_budget(0):  # the fused kernel recomputes the map in backward
+        count = bench.block_flops(block, x, train=True)
+    assert count['forward'] + count['backward'] == batch * nl_flops(35, 12, True, False)
 
 
 def test_backward_counts_the_gradient_path_only():

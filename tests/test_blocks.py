@@ -41,6 +41,8 @@ BLOCKS = [
     ('se', SqueezeExcitationBlock, dict(ratio=1. / 4), False),
 ]
 IDS = [b[0] for b in BLOCKS]
+PAIRWISE_CLASSES = (NonLocalBlock, DisentangledNonLocalBlock, PairwiseNonLocalBlock,
+                    UnaryNonLocalBlock)
 SHAPES = {1: (2, C, 11), 2: (2, C, 5, 7), 3: (2, C, 3, 4, 6)}
 
 
@@ -297,11 +299,16 @@ def test_pairwise_and_unary_only_are_dnl_with_a_term_off():
 
 
 # --------------------------------------------------------- paths and identity
+@pytest.mark.parametrize('budget', [None, 0], ids=['kept-map', 'fused'])
 @pytest.mark.parametrize('dim', [1, 2, 3])
 @pytest.mark.parametrize('name, cls, kwargs, _', BLOCKS, ids=IDS)
-def test_efficient_and_explicit_paths_agree(name, cls, kwargs, _, dim, monkeypatch):
+def test_efficient_and_explicit_paths_agree(name, cls, kwargs, _, dim, budget, monkeypatch):
+    """In training the softmax modes keep the map within the budget (default) and use
+    the fused kernel beyond it (budget 0): both agree with the explicit path."""
     monkeypatch.setattr(attention, 'CHUNK_ELEMENTS', 64)  # many concatenation chunks
-    block = randomize(build(cls, kwargs, dim=dim), std=0.1)  # T = 0.05: keep logits O(10)
+    block = randomize(build(cls, kwargs, dim=dim, map_budget_mb=budget)
+                      if cls in PAIRWISE_CLASSES else build(cls, kwargs, dim=dim),
+                      std=0.1)  # T = 0.05: keep logits O(10)
     x = torch.randn(SHAPES[dim]) * 2
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out1 = block(x1)
@@ -321,20 +328,136 @@ def test_efficient_and_explicit_paths_agree(name, cls, kwargs, _, dim, monkeypat
         torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))
 
 
-def test_softmax_modes_use_sdpa_and_keep_no_map(monkeypatch):
-    calls = []
-    sdpa = F.scaled_dot_product_attention
+def _spy_paths(monkeypatch):
+    """Record the SDPA calls (shape, contiguity, kwargs) and the kept-map calls."""
+    calls = dict(sdpa=[], kept=0)
+    sdpa, kept = F.scaled_dot_product_attention, attention.KeptMapAttention.apply
 
     def spy(q, k, v, **kw):
-        calls.append((q.shape, q.is_contiguous(), k.is_contiguous(), v.is_contiguous(), kw))
+        calls['sdpa'].append((q.shape, q.is_contiguous(), k.is_contiguous(),
+                              v.is_contiguous(), kw))
         return sdpa(q, k, v, **kw)
 
+    def spy_kept(*args):
+        calls['kept'] += 1
+        return kept(*args)
+
     monkeypatch.setattr(attention.F, 'scaled_dot_product_attention', spy)
+    monkeypatch.setattr(attention.KeptMapAttention, 'apply', spy_kept)
+    return calls
+
+
+def test_softmax_modes_use_sdpa_and_keep_no_map(monkeypatch):
+    calls = _spy_paths(monkeypatch)
     block = DisentangledNonLocalBlock(16)
-    block(torch.randn(2, 16, 6, 5))
-    (shape, *contiguous, kw), = calls
+    with torch.no_grad():  # inference: the fused kernel whatever the budget
+        block(torch.randn(2, 16, 6, 5))
+    (shape, *contiguous, kw), = calls['sdpa']
     assert shape == (2, 1, 30, 8) and all(contiguous)
     assert kw['scale'] == pytest.approx(8**-0.5 / 0.05)  # √d and temperature folded in
+    assert calls['kept'] == 0
+
+
+@pytest.mark.parametrize('block_budget, region, env, kept', [
+    (None, None, None, True),     # default 512 MiB: a (2, 30, 30) map is kept
+    (0, None, None, False),       # the block's budget wins
+    (None, 0, None, False),       # a map_budget() region
+    (None, None, '0', False),     # the environment
+    (None, 0, '512', False),      # a region over the environment
+    (1, 0, '0', True),            # a block's budget over both
+    (0.001, None, None, False),   # 0.001 MiB = 1048 B < the map's 2·30·30·4 = 7200 B
+])
+def test_map_budget_chooses_the_path(block_budget, region, env, kept, monkeypatch):
+    """Training keeps the map when B·Lq·Lk·4 bytes fit the budget; the block's
+    ``map_budget_mb`` beats a ``map_budget()`` region, which beats
+    ``$MMCTX_MAP_BUDGET_MB``, which beats the default."""
+    calls = _spy_paths(monkeypatch)
+    if env is None:
+        monkeypatch.delenv('MMCTX_MAP_BUDGET_MB', raising=False)
+    else:
+        monkeypatch.setenv('MMCTX_MAP_BUDGET_MB', env)
+    block = DisentangledNonLocalBlock(16, map_budget_mb=block_budget)
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    if region is None:
+        block(x).sum().backward()
+    else:
+        with attention.map_budget(region):
+            block(x).sum().backward()
+    assert (calls['kept'], len(calls['sdpa'])) == ((1, 0) if kept else (0, 1))
+
+
+def test_map_budget_limit_is_inclusive_and_bad_budgets_are_refused(monkeypatch):
+    calls = _spy_paths(monkeypatch)
+    q, k, v = (torch.randn(2, n, 4, requires_grad=True) for n in (32, 64, 64))
+    exact = 2 * 32 * 64 * 4 / (1 << 20)  # the map's MiB
+    attention.softmax_attention(q, k, v, 1., budget_mb=exact)
+    attention.softmax_attention(q, k, v, 1., budget_mb=exact * 0.999)
+    assert calls['kept'] == 1 and len(calls['sdpa']) == 1
+    for bad in (-1, 'big', True):
+        with pytest.raises(ValueError, match='a map budget is a number of MiB >= 0'):
+            NonLocalBlock(C, map_budget_mb=bad)
+        with pytest.raises(ValueError, match='a map budget is a number of MiB >= 0'):
+            with attention.map_budget(bad):
+                pass
+    monkeypatch.setenv('MMCTX_MAP_BUDGET_MB', 'lots')
+    with pytest.raises(ValueError, match="MMCTX_MAP_BUDGET_MB must be .* got 'lots'"):
+        attention.map_budget_bytes()
+    assert 'map_budget_mb=0' in repr(NonLocalBlock(C, map_budget_mb=0))
+
+
+@pytest.mark.parametrize('dtype, shapes', [
+    (torch.float64, (2, 37, 29, 5, 7)),      # d < dv
+    (torch.float32, (1, 1100, 700, 24, 8)),  # d > dv, more query rows than one step
+])
+def test_kept_map_equals_the_fused_kernel(dtype, shapes, monkeypatch):
+    """Values and all three gradients of the kept-map path against the fused kernel
+    (the same sums in another order), across several row steps; backward may run
+    twice (retain_graph) and gives the same gradients."""
+    monkeypatch.setattr(attention, 'KEPT_MAP_ROWS', 256)
+    torch.manual_seed(0)
+    b, lq, lk, d, dv = shapes
+    q, k, v = (torch.randn(b, n, c, dtype=dtype, requires_grad=True)
+               for n, c in ((lq, d), (lk, d), (lk, dv)))
+    grad = torch.randn(b, lq, dv, dtype=dtype)
+    with attention.map_budget(0):
+        ref, _ = attention.softmax_attention(q, k, v, 0.4)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    out, _ = attention.softmax_attention(q, k, v, 0.4)
+    assert out.grad_fn.name() == 'KeptMapAttentionBackward'
+    tol = dict(rtol=0, atol=1e-12 if dtype == torch.float64 else 2e-5)
+    torch.testing.assert_close(out, ref, **tol)
+    for _ in range(2):
+        grads = torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+        for a, r in zip(grads, ref_grads):
+            torch.testing.assert_close(a, r, **tol)
+
+
+def test_kept_map_gradcheck():
+    q, k, v = (torch.randn(2, n, 3, dtype=torch.float64, requires_grad=True)
+               for n in (6, 5, 5))
+    assert torch.autograd.gradcheck(
+        lambda *t: attention.softmax_attention(*t, 0.7)[0], (q, k, v))
+
+
+def test_kept_map_saves_one_map_and_the_fused_kernel_none():
+    """Memory: the kept path saves exactly one B·Lq·Lk map for backward (the
+    explicit path in mmcv keeps several), the fused kernel none."""
+    q, k, v = (torch.randn(2, n, 8, requires_grad=True) for n in (48, 40, 40))
+
+    def saved_map_elements(budget):
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with attention.map_budget(budget):
+                attention.softmax_attention(q, k, v, 1.)
+        return sum(n for n in sizes if n >= 48 * 40)
+
+    assert saved_map_elements(512) == 2 * 48 * 40
+    assert saved_map_elements(0) == 0
 
 
 @pytest.mark.parametrize('dim', [1, 2, 3])

@@ -170,8 +170,12 @@ def test_default_pam_channels():
 
 # ------------------------------------------------ memory-efficient vs explicit
 def saved_sizes(fn):
+    """Sizes of what autograd saves while ``fn()`` runs, with the map budget at 0 (the
+    fused kernel; within the default budget training keeps one map, tests/test_blocks)."""
+    from mmctx.models.blocks.attention import map_budget
     sizes = []
-    with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+    with saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t), \
+            map_budget(0):
         out = fn()
     return out, sizes
 

@@ -383,6 +383,8 @@ BACKWARD_RULE = (
     'operand that needs a gradient (a conv or matmul whose input and weight both do: '
     '3× its forward); the fused attention\'s backward runs 5 matmuls of the size of its '
     '2 forward ones (it recomputes QKᵀ, then dP = dO·Vᵀ, dQ, dK, dV: 3.5× its forward); '
+    'when the map fits the map budget (512 MiB by default: 64×128 at batch 1 and 2) '
+    'mmctx keeps it instead and backward runs 4 (dV, dP, dQ, dK: 3× its forward); '
     'ops off the gradient path (no_grad, detached: EMA\'s EM) count once')
 
 
@@ -400,6 +402,17 @@ def _requires_grad(value) -> bool:
     if isinstance(kind, torch._C.TensorType):
         return kind.requires_grad() is not False
     return True
+
+
+def _map_kept(values, grads) -> bool:
+    """Whether mmctx's softmax attention keeps the map of a traced SDPA call (``q``
+    ``(B, 1, Lq, d)``, ``k`` ``(B, 1, Lk, d)``) for backward: a gradient is needed and the
+    map fits the process's map budget (mmctx traces the fused op in any case)."""
+    from mmctx.models.blocks.attention import map_budget_bytes
+    q, k = (v.type().sizes() for v in values[:2])
+    if not any(grads) or q is None or k is None:
+        return False
+    return q[0] * q[1] * q[2] * k[2] * 4 <= map_budget_bytes()
 
 
 def _gradient_path(graph_block) -> set:
@@ -450,7 +463,8 @@ def matmul_flops(model, inputs: Tuple, backward: bool = False) -> Dict[str, int]
                 if outputs[0].unique() in path[0]:
                     grads = [_requires_grad(v) for v in operands(name, values)]
                     if name == SDPA_OP:  # in units of one of its two matmuls
-                        units = 1 + any(grads[:2]) + sum(grads)
+                        kept = _map_kept(values, grads)  # else recomputed (+1)
+                        units = (0 if kept else 1) + any(grads[:2]) + sum(grads)
                         totals['backward'] += macs * units
                     else:
                         totals['backward'] += 2 * macs * sum(grads)

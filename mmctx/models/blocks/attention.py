@@ -9,7 +9,14 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   queries and keys): one ``scaled_dot_product_attention`` call on contiguous
   ``(B, 1, L, d)`` tensors with scaling and temperature folded into its ``scale`` — no
   ``Lq×Lk`` map is kept. The fused kernel needs one head size for q, k and v (else
-  torch falls back to its map-materialising path): the smaller is zero-padded;
+  torch falls back to its map-materialising path): the smaller is zero-padded.
+  On CPU in training (a gradient is needed) the fused kernel recomputes the map in backward,
+  with small blocks; when the ``B×Lq×Lk`` map fits the *map budget*
+  (:func:`map_budget_bytes`, default :data:`MAP_BUDGET_MB` MiB) the map is kept
+  instead (:class:`KeptMapAttention`): forward and backward are then six large
+  matrix products and no recomputation (on the 2-core EPYC of the README, NL
+  forward+backward at 64×128 about 10 % faster than the fused kernel), at the cost
+  of the map's memory until backward;
 * dot product: ``(q kᵀ / Lk) v = q (kᵀ v) / Lk`` — re-associated, so time and memory
   are linear in the number of positions (stronger than chunking, same result up to
   rounding);
@@ -22,10 +29,13 @@ Logits and softmax run in fp32 whatever the autocast state (DNL divides the logi
 by a temperature of 0.05; fp16/bf16 products would overflow or lose the map), and the
 result is cast back to the dtype of ``v``.
 """
-from typing import Optional, Tuple
+import contextlib
+import os
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from ._base import exporting, no_autocast, upcast
@@ -35,6 +45,122 @@ Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 #: largest number of (query, key) pairs one concatenation chunk materialises
 CHUNK_ELEMENTS = 1 << 22
 
+#: default map budget (MiB): in training, a softmax map of at most this size is kept for
+#: backward instead of recomputed (see the module docstring). 512 MiB holds the map of
+#: a 512×1024 crop at stride 8 (64×128 positions) for the 2 images per GPU of mmseg's
+#: Cityscapes recipes. The environment variable ``MMCTX_MAP_BUDGET_MB`` overrides it
+#: for a process, :func:`map_budget` for a region, a block's ``map_budget_mb`` for it.
+MAP_BUDGET_MB = 512.
+#: rows of the map one step of :class:`KeptMapAttention`'s backward handles (its working
+#: buffer is ``rows × Lk``; 512 measured best among 256–8192 on the README's machine)
+KEPT_MAP_ROWS = 512
+_budget_override: Optional[float] = None
+
+
+def check_map_budget(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f'a map budget is a number of MiB >= 0, got {value!r}')
+    return float(value)
+
+
+def map_budget_bytes(budget_mb: Optional[float] = None) -> int:
+    """The map budget in bytes: ``budget_mb`` if given, else the innermost
+    :func:`map_budget` region's, else ``$MMCTX_MAP_BUDGET_MB``, else
+    :data:`MAP_BUDGET_MB`. 0 turns keeping off (always the fused kernel)."""
+    if budget_mb is None:
+        budget_mb = _budget_override
+    if budget_mb is None:
+        env = os.environ.get('MMCTX_MAP_BUDGET_MB')
+        if env is not None:
+            try:
+                budget_mb = float(env)
+            except ValueError:
+                raise ValueError('MMCTX_MAP_BUDGET_MB must be a number of MiB >= 0, got '
+                                 f'{env!r}') from None
+    budget_mb = check_map_budget(MAP_BUDGET_MB if budget_mb is None else budget_mb)
+    return int(budget_mb * (1 << 20))
+
+
+@contextlib.contextmanager
+def map_budget(budget_mb: float) -> Iterator[None]:
+    """A region with another map budget (MiB; 0: never keep the map)::
+
+        with map_budget(0):   # the fused kernel, whatever the size
+            loss = model(x).sum()
+    """
+    global _budget_override
+    previous, _budget_override = _budget_override, check_map_budget(budget_mb)
+    try:
+        yield
+    finally:
+        _budget_override = previous
+
+
+class KeptMapAttention(torch.autograd.Function):
+    """``softmax(scale · q kᵀ) v`` that keeps the map ``P`` for backward.
+
+    Forward: ``S = (scale·q) kᵀ`` written into ``P``, softmax in place, ``y = P v``.
+    Backward (``D_i = dy_i · y_i``): ``dv = Pᵀ dy``;
+    per rows, in one reused ``rows × Lk`` buffer, ``dS = P ⊙ (dy vᵀ − D)``,
+    ``dq = scale · dS k`` and ``dk += dSᵀ (scale·q)``. Exact (the same sums as the
+    fused kernel, in another order); backward may run again (``retain_graph``); not
+    twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        batch, num_queries, _ = q.shape
+        qs = q * scale
+        weights = q.new_empty(batch, num_queries, k.shape[1])
+        y = v.new_empty(batch, num_queries, v.shape[-1])
+        for b in range(batch):  # whole-map products: the most efficient shapes here
+            torch.mm(qs[b], k[b].t(), out=weights[b])
+            torch.ops.aten._softmax.out(weights[b], -1, False, out=weights[b])  # in place
+            torch.mm(weights[b], v[b], out=y[b])
+        ctx.save_for_backward(qs, k, v, y, weights)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        qs, k, v, y, weights = ctx.saved_tensors
+        dy = dy.contiguous()
+        num_queries, rows = qs.shape[1], KEPT_MAP_ROWS
+        delta = (dy * y).sum(dim=-1, keepdim=True)  # (B, Lq, 1)
+        dq, dk, dv = torch.empty_like(qs), torch.empty_like(k), torch.empty_like(v)
+        buffer = weights.new_empty(min(rows, num_queries), k.shape[1])
+        for b in range(qs.shape[0]):
+            torch.mm(weights[b].t(), dy[b], out=dv[b])
+            vt = v[b].t()
+            for start in range(0, num_queries, rows):
+                part = weights[b, start:start + rows]
+                grad = buffer[:part.shape[0]]  # dS rows (P is kept: backward may rerun)
+                torch.mm(dy[b, start:start + rows], vt, out=grad)
+                grad.sub_(delta[b, start:start + rows]).mul_(part)
+                torch.mm(grad, k[b], out=dq[b, start:start + rows])
+                if start == 0:
+                    torch.mm(grad.t(), qs[b, start:start + rows], out=dk[b])
+                else:
+                    dk[b].addmm_(grad.t(), qs[b, start:start + rows])
+        return dq.mul_(ctx.scale), dk, dv, None
+
+
+def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               budget_mb: Optional[float]) -> bool:
+    """On CPU, in training (a gradient reaches q, k or v), eager, and the map fits the
+    budget (CUDA's fused kernels are left to do their own work)."""
+    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
+    if q.device.type != 'cpu' or not (torch.is_grad_enabled() and needs_grad):
+        return False
+    if exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # traced graphs take the fused kernel: one op, no Python loop; FLOP counters
+        # (mmctx.analysis, tools/benchmark_blocks.py) see it as the attention
+        return False
+    size = q.shape[0] * q.shape[1] * k.shape[1] * q.element_size()
+    return size <= map_budget_bytes(budget_mb)
+
 
 def _fp32(*tensors: torch.Tensor):
     """Half-precision tensors to fp32 (fp32 / fp64 stay as they are), contiguous."""
@@ -42,14 +168,20 @@ def _fp32(*tensors: torch.Tensor):
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                      need_weights: bool = False) -> Result:
-    """``softmax(scale · q kᵀ) v`` over keys."""
+                      need_weights: bool = False,
+                      budget_mb: Optional[float] = None) -> Result:
+    """``softmax(scale · q kᵀ) v`` over keys.
+
+    ``budget_mb``: the map budget of this call (see :func:`map_budget_bytes`; None:
+    the region's / process's / default)."""
     dtype = v.dtype
     with no_autocast(q):
         q, k, v = _fp32(q, k, v)
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)
             return torch.bmm(weights, v).to(dtype), weights
+        if _keeps_map(q, k, v, budget_mb):
+            return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
         # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
         # zero-padded (zeros change no dot product and give zero output columns)
         d, dv = q.shape[-1], v.shape[-1]

@@ -36,7 +36,7 @@ from mmcv.cnn import ConvModule
 from ...registry import MODELS
 from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
                     pointwise, upcast)
-from .attention import (concatenation_attention, dot_product_attention,
+from .attention import (check_map_budget, concatenation_attention, dot_product_attention,
                         softmax_attention)
 
 MODES = ('embedded_gaussian', 'gaussian', 'dot_product', 'concatenation')
@@ -97,6 +97,11 @@ class PairwiseContextBlock(ContextBlockBase):
             mmcv's 0.01). With the zero-initialised output, a tiny value also makes the
             first gradients reaching the attention tiny; a larger one lets a short
             schedule learn the attention (``tools/demo.py``).
+        map_budget_mb: softmax modes in training: keep the ``N×Lq×Lk`` map for
+            backward when it is at most this many MiB (faster), else recompute it in
+            the fused kernel; None: the process default
+            (:func:`~mmctx.models.blocks.attention.map_budget_bytes`, 512 MiB unless
+            ``$MMCTX_MAP_BUDGET_MB`` says otherwise); 0: never keep it.
     """
 
     def __init__(self,
@@ -113,8 +118,11 @@ class PairwiseContextBlock(ContextBlockBase):
                  unary: str = 'none',
                  value: str = 'reduced',
                  qk_init_std: float = 0.01,
-                 value_init_std: float = 0.01) -> None:
+                 value_init_std: float = 0.01,
+                 map_budget_mb: Optional[float] = None) -> None:
         super().__init__(in_channels, dim)
+        self.map_budget_mb = (None if map_budget_mb is None
+                              else check_map_budget(map_budget_mb))
         self.reduction = check_int('reduction', reduction)
         self.inter_channels = in_channels // reduction
         if self.inter_channels < 1:
@@ -222,9 +230,10 @@ class PairwiseContextBlock(ContextBlockBase):
         """``(N, Lq, dv)`` and the ``(N, Lq, Lk)`` map when ``need_weights``."""
         if self.mode == 'embedded_gaussian':
             scale = (q.shape[-1]**-0.5 if self.use_scale else 1.) / self.temperature
-            return softmax_attention(q, k, v, scale, need_weights)
+            return softmax_attention(q, k, v, scale, need_weights, self.map_budget_mb)
         if self.mode == 'gaussian':
-            return softmax_attention(q, k, v, 1. / self.temperature, need_weights)
+            return softmax_attention(q, k, v, 1. / self.temperature, need_weights,
+                                     self.map_budget_mb)
         if self.mode == 'dot_product':
             return dot_product_attention(q, k, v, need_weights)
         w = self.concat_project.weight[0]  # (2d, )
@@ -286,7 +295,9 @@ class PairwiseContextBlock(ContextBlockBase):
                 f'whiten={self.whiten!r}, temperature={self.temperature}, '
                 f'pairwise={self.pairwise}, unary={self.unary!r}, value={self.value!r}'
                 + ''.join(f', {k}={getattr(self, k)}' for k in ('qk_init_std', 'value_init_std')
-                          if getattr(self, k) != 0.01))
+                          if getattr(self, k) != 0.01)
+                + ('' if self.map_budget_mb is None
+                   else f', map_budget_mb={self.map_budget_mb:g}'))
 
 
 @MODELS.register_module()
@@ -295,7 +306,7 @@ class NonLocalBlock(PairwiseContextBlock):
 
     Args: see :class:`PairwiseContextBlock` (``in_channels``, ``reduction``, ``mode``,
     ``use_scale``, ``sub_sample``, ``norm_cfg``, ``dim``, ``qk_init_std``,
-    ``value_init_std``).
+    ``value_init_std``, ``map_budget_mb``).
 
     Note:
         As mmcv: the output projection (its norm if ``norm_cfg`` is set, else its
@@ -309,10 +320,12 @@ class NonLocalBlock(PairwiseContextBlock):
                  mode: str = 'embedded_gaussian', use_scale: bool = True,
                  sub_sample: bool = False, norm_cfg: Optional[dict] = None,
                  dim: int = 2, qk_init_std: float = 0.01,
-                 value_init_std: float = 0.01) -> None:
+                 value_init_std: float = 0.01,
+                 map_budget_mb: Optional[float] = None) -> None:
         super().__init__(in_channels, reduction=reduction, mode=mode,
                          use_scale=use_scale, sub_sample=sub_sample, norm_cfg=norm_cfg,
-                         dim=dim, qk_init_std=qk_init_std, value_init_std=value_init_std)
+                         dim=dim, qk_init_std=qk_init_std, value_init_std=value_init_std,
+                         map_budget_mb=map_budget_mb)
 
 
 #: the three reference implementations of DNL (REFERENCE.md §3.2)
@@ -357,14 +370,16 @@ class DisentangledNonLocalBlock(PairwiseContextBlock):
                  whiten: Optional[str] = None, temperature: Optional[float] = None,
                  pairwise: bool = True, unary: Optional[str] = None,
                  value: Optional[str] = None, qk_init_std: float = 0.01,
-                 value_init_std: float = 0.01) -> None:
+                 value_init_std: float = 0.01,
+                 map_budget_mb: Optional[float] = None) -> None:
         check_choice('preset', preset, tuple(DNL_PRESETS))
         given = dict(reduction=reduction, mode=mode, use_scale=use_scale, whiten=whiten,
                      temperature=temperature, unary=unary, value=value)
         args = {k: DNL_PRESETS[preset][k] if v is None else v for k, v in given.items()}
         super().__init__(in_channels, sub_sample=sub_sample, norm_cfg=norm_cfg, dim=dim,
                          pairwise=pairwise, qk_init_std=qk_init_std,
-                         value_init_std=value_init_std, **args)
+                         value_init_std=value_init_std, map_budget_mb=map_budget_mb,
+                         **args)
         self.preset = preset
 
 
