@@ -314,24 +314,34 @@ def _reset_peak() -> bool:
 
 def worker(spec: dict) -> dict:
     import torch
-    model = _build(spec['pair'], spec['impl'], spec['channels'], spec['size'])
+    compiled = spec['impl'] == 'compiled'  # mmctx's block under torch.compile (inductor)
+    model = _build(spec['pair'], 'mmctx' if compiled else spec['impl'], spec['channels'],
+                   spec['size'])
     h, w = spec['size']
     x = torch.randn(spec.get('batch', 1), spec['channels'], h, w)
     train = spec['mode'] == 'train'
     model.train(train)
+    run = torch.compile(model) if compiled else model
 
     def step():
         if train:
             xi = x.detach().requires_grad_()
-            out = model(xi)
+            out = run(xi)
             out.backward(torch.ones_like(out))
+        elif compiled:  # inference_mode tensors cannot enter a compiled graph's guards
+            with torch.no_grad():
+                run(x)
         else:
             with torch.inference_mode():
                 model(x)
 
     first, peak, exact = _first_call(step)
-    out = dict(spec, time_s=_median_time(step, first, spec['repeats']), peak_mib=peak,
-               exact_peak=exact)
+    out = dict(spec, time_s=_median_time(step, first, spec['repeats'],
+                                         at_least=2 if compiled else 0),
+               peak_mib=peak, exact_peak=exact)
+    if compiled:  # the first call compiled: its time and memory are the compiler's
+        out.update(compile_s=first, peak_mib=None)
+        return out
     if spec['impl'] == 'mmctx':  # the work of the arithmetic floor: one traced call more
         try:
             out['flop_count'] = block_flops(model, x, train)
@@ -730,6 +740,23 @@ def fmt_floor(r) -> str:
     return f'{r["floor_s"]:.4g} | {r["time_s"] / max(r["floor_s"], 1e-12):.2f}×'
 
 
+COMPILED_NOTE = (
+    "compiled time = the mmctx block under `torch.compile` (inductor's CPU backend, "
+    'default mode), median of the calls after the first (the first compiles; its time '
+    'is in benchmark.json as compile_s); eager / compiled > 1: compiling is faster. In a '
+    'compiled graph the softmax attention is the fused kernel whatever the map budget')
+
+
+def fmt_compiled(eager, compiled) -> str:
+    """`` compiled time | eager / compiled |`` cells."""
+    if compiled is None:
+        return ' — | — |'
+    if 'error' in compiled:
+        return f' {compiled["error"][:80]} | — |'
+    return (f' {compiled["time_s"] * 1e3:.1f} ms | '
+            f'{ratio(compiled, eager, "time_s") if eager else "—"} |')
+
+
 def report(results, flops, args) -> str:
     import torch
     lines = [
@@ -751,11 +778,15 @@ def report(results, flops, args) -> str:
         'of sgemm**')
     if args.pairs:
         lines.append('- ' + FLOOR_NOTE)
+    if args.compiled:
+        lines.append('- ' + COMPILED_NOTE)
+    extra = ' compiled time | eager / compiled |' if args.compiled else ''
     if any(p not in LOW_RANK for p in args.pairs):
         lines += ['', '| block | mode | size (positions) | mmctx time | upstream time | '
                   'speed-up | mmctx peak | upstream peak | memory ratio (upstream/mmctx) | '
-                  'floor s | time / floor |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|']
+                  'floor s | time / floor |' + extra,
+                  '|---|---|---|---|---|---|---|---|---|---|---|' + '---|' * (
+                      2 * args.compiled)]
     names = dict(nl='NL vs mmcv NonLocal2d', dnl='DNL vs mmseg DisentangledNonLocal2d',
                  gc='GC vs mmcv ContextBlock',
                  lesa=f'LESA (C={LESA_CHANNELS}) vs its explicit path (official computation)',
@@ -764,9 +795,9 @@ def report(results, flops, args) -> str:
     for pair in [p for p in args.pairs if p not in LOW_RANK]:
         for mode in ('inference', 'train'):
             for size in sizes_for(pair, mode, args):
-                get = lambda impl: next(r for r in results if (
+                get = lambda impl: next((r for r in results if (
                     r['pair'], r['mode'], tuple(r['size']), r['impl']) == (
-                        pair, mode, size, impl))
+                        pair, mode, size, impl)), None)
                 ours, up = get('mmctx'), get('upstream')
                 fmt_t = lambda r: r.get('error') or f'{r["time_s"] * 1e3:.1f} ms'
                 fmt_m = lambda r: r.get('error') or f'{r["peak_mib"]:.1f} MiB'
@@ -774,7 +805,8 @@ def report(results, flops, args) -> str:
                     f'| {names[pair]} | {"forward" if mode == "inference" else "fwd+bwd"} '
                     f'| {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
                     f'{fmt_t(up)} | {ratio(ours, up, "time_s")} | {fmt_m(ours)} | '
-                    f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} | {fmt_floor(ours)} |')
+                    f'{fmt_m(up)} | {ratio(ours, up, "peak_mib")} | {fmt_floor(ours)} |'
+                    + (fmt_compiled(ours, get('compiled')) if args.compiled else ''))
     low = [p for p in args.pairs if p in LOW_RANK]
     if low:
         lines += low_rank_report(results, low, args)
@@ -806,8 +838,10 @@ def low_rank_report(results, pairs, args) -> list:
              'same size and, where one exists, the upstream implementation:', '',
              '| block | mode | size (positions) | time | NL time | NL / block | upstream '
              'time | upstream / block | peak | NL peak | upstream peak | floor s | '
-             'time / floor |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'time / floor |' + (' compiled time | eager / compiled |' if args.compiled
+                                 else ''),
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|' + '---|' * (
+                 2 * args.compiled)]
     for pair in pairs:
         for mode in ('inference', 'train'):
             for size in sizes:
@@ -818,7 +852,9 @@ def low_rank_report(results, pairs, args) -> list:
                     f' | {size[0]}×{size[1]} ({size[0] * size[1]}) | {fmt_t(ours)} | '
                     f'{fmt_t(nl)} | {rat(ours, nl, "time_s")} | {fmt_t(up)} | '
                     f'{rat(ours, up, "time_s")} | {fmt_m(ours)} | {fmt_m(nl)} | {fmt_m(up)} | '
-                    f'{fmt_floor(ours)} |')
+                    f'{fmt_floor(ours)} |' + (fmt_compiled(ours, get(pair, mode, size,
+                                                                     'compiled'))
+                                              if args.compiled else ''))
     if len(sizes) >= 2:
         a, b = sizes[0], sizes[-1]
         lines += ['', f'Log-log slopes from {a[0]}×{a[1]} to {b[0]}×{b[1]} (1.0 = linear in '
@@ -910,6 +946,9 @@ def main(argv=None) -> int:
     parser.add_argument('--whole-families', nargs='+', choices=list(WHOLE_MODEL),
                         default=list(WHOLE_MODEL),
                         help='whole-model families (default: all)')
+    parser.add_argument('--compiled', action='store_true',
+                        help='add a column: the mmctx block under torch.compile (inductor; '
+                        'median time after the compiling first call, and the compile time)')
     parser.add_argument('--channels', type=int, default=512)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--quick', action='store_true', help='32x64 and 48x96 only')
@@ -937,9 +976,10 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
 
     def impls(pair):
+        compiled = ('compiled', ) if args.compiled and pair not in LOW_RANK_REFS else ()
         if pair in LOW_RANK:
-            return ('mmctx', 'upstream') if pair in LOW_RANK_UPSTREAM else ('mmctx', )
-        return ('mmctx', ) if pair in LOW_RANK_REFS else ('mmctx', 'upstream')
+            return ('mmctx', 'upstream')[:2 if pair in LOW_RANK_UPSTREAM else 1] + compiled
+        return ('mmctx', ) if pair in LOW_RANK_REFS else ('mmctx', 'upstream') + compiled
 
     pairs = list(args.pairs) + (list(LOW_RANK_REFS) if any(p in LOW_RANK for p in args.pairs)
                                 else [])
@@ -954,7 +994,9 @@ def main(argv=None) -> int:
     for n, spec in enumerate(specs, 1):
         r = run_worker(spec)
         results.append(r)
-        what = r.get('error') or f'{r["time_s"] * 1e3:9.1f} ms  {r["peak_mib"]:8.1f} MiB'
+        what = r.get('error') or (
+            f'{r["time_s"] * 1e3:9.1f} ms  (compiled in {r["compile_s"]:.1f} s)'
+            if 'compile_s' in r else f'{r["time_s"] * 1e3:9.1f} ms  {r["peak_mib"]:8.1f} MiB')
         print(f'[{n:2d}/{len(specs)}] {spec["pair"]:10s} {spec["mode"]:9s} '
               f'{spec["size"][0]:3d}x{spec["size"][1]:<3d} {spec["impl"]:8s} {what}',
               flush=True)

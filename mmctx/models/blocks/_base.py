@@ -80,6 +80,16 @@ def pointwise(dim: int, in_channels: int, out_channels: int,
     return conv(in_channels, out_channels, kernel_size=1, bias=bias)
 
 
+def pointwise_logits(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` of a 1×1 conv with few outputs (attention-pooling masks, C→1) as
+    ``(N, out, L)``, computed as a matrix product: the same values, and a backward of
+    two small products where the convolution's backward (oneDNN) took about 10× longer
+    on CPU (GC forward+backward at 32×64, C=512: 3.9 → 0.4 ms for the mask)."""
+    n, c = x.shape[:2]
+    out = torch.matmul(conv.weight.reshape(conv.out_channels, c), x.reshape(n, c, -1))
+    return out if conv.bias is None else out + conv.bias.reshape(-1, 1)
+
+
 class ContextBlockBase(nn.Module):
     """Base of all mmctx context blocks (mmcv plugin contract).
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from ...registry import MODELS
 from ._base import (ContextBlockBase, check_choice, no_autocast, pointwise,
-                    reduced_channels, upcast, zero_init_last)
+                    pointwise_logits, reduced_channels, upcast, zero_init_last)
 
 FUSIONS = ('channel_add', 'channel_mul')
 
@@ -118,7 +118,7 @@ class GlobalContextBlock(ContextBlockBase):
         if self.conv_mask is None:
             length = x[0, 0].numel()
             return upcast(x.new_full((n, 1, length), 1. / length))
-        return attention_pool_weights(self.conv_mask(x).reshape(n, 1, -1))
+        return attention_pool_weights(pointwise_logits(self.conv_mask, x))
 
     def context(self, x: torch.Tensor,
                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -35,7 +35,7 @@ from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
 from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
-                    pointwise, upcast)
+                    pointwise, pointwise_logits, upcast)
 from .attention import (check_map_budget, concatenation_attention, dot_product_attention,
                         softmax_attention)
 
@@ -244,7 +244,7 @@ class PairwiseContextBlock(ContextBlockBase):
         """Softmax over key positions ``(N, 1, Lk)``, in fp32 (or fp64)."""
         if self.unary == 'conv':
             src = self.pool(x) if self.pool is not None else x
-            logits = self.conv_mask(src).reshape(x.shape[0], 1, -1)
+            logits = pointwise_logits(self.conv_mask, src)  # (N, 1, Lk)
         with no_autocast(x):
             if self.unary == 'analytic':  # μ_qᵀ k_j, no scale/temperature (official)
                 logits = torch.bmm(upcast(q_mean), upcast(k).transpose(1, 2))
