@@ -169,3 +169,31 @@ def test_report_floors_and_whole_model_rows(tmp_path, monkeypatch, capsys):
     assert 'NonLocalBlock' in rows['nl', 'mmctx'][1] and 'NLHead' in rows['nl', 'mmseg'][1]
     assert [w['impl'] for w in data['whole']] == ['fcn', 'mmctx', 'mmseg']
     assert all('error' not in w and w['peak_mib'] > 0 for w in data['whole'])
+
+
+def test_compiled_column(tmp_path, monkeypatch, capsys):
+    """``--compiled``: the mmctx block under torch.compile (a real inductor compile at
+    32×64, C=32): its time in the table, eager / compiled = the two printed times."""
+    monkeypatch.setattr(bench, 'measure_gflops', lambda length, d: dict(
+        sgemm_gflops=2.0, attention_gflops=1.0, attention_length=length,
+        attention_dim=d, attention_ratio=0.5))
+    out = tmp_path / 'bench'
+    assert bench.main(['--pairs', 'gc', '--sizes', '32x64', '--train-sizes', '32x64',
+                       '--channels', '32', '--repeats', '1', '--compiled',
+                       '--out-dir', str(out)]) == 0
+    text = (out / 'benchmark.md').read_text()
+    header = _cells(text, '| block |')[0]
+    assert header[-2:] == ['compiled time', 'eager / compiled']
+    rows = _cells(text, '| GC vs mmcv ContextBlock |')
+    assert [r[1] for r in rows] == ['forward', 'fwd+bwd']
+    for row in rows:
+        eager, compiled = _number(row[3]), _number(row[-2])  # ms, printed to 0.1
+        assert compiled > 0, row
+        ends = [(eager + a) / max(compiled + b, 1e-9) for a in (-0.05, 0.05)
+                for b in (-0.05, 0.05)]
+        assert min(ends) - 0.005 <= _number(row[-1]) <= max(ends) + 0.005, row
+    data = json.loads((out / 'benchmark.json').read_text())
+    compiled = [r for r in data['results'] if r['impl'] == 'compiled']
+    assert len(compiled) == 2 and all(r['compile_s'] > 0 and 'error' not in r
+                                      for r in compiled)
+    assert 'compiled time = the mmctx block under `torch.compile`' in text
