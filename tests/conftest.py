@@ -11,6 +11,17 @@ import torch
 
 from mmctx.deploy.onnx import random_weights
 
+
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """Each test starts from, and leaves, the default registry scope it found: tools run
+    in-process (``main([...])``) call ``init_default_scope`` as the scripts do, and a
+    scope left behind would change how later tests resolve registry names."""
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict = saved
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SMOKE_CONFIG = osp.join(
     ROOT, 'configs', 'smoke', 'gcb-r4-plugin_r50w16-d8_1xb2-20iter_cityscapes-64x128.py')

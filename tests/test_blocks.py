@@ -520,6 +520,11 @@ def test_every_parameter_gets_a_gradient(name, cls, kwargs, _):
     block(torch.randn(2, C, 5, 7)).pow(2).sum().backward()
     for pname, p in block.named_parameters():
         assert p.grad is not None, pname
+        if pname.endswith('conv_mask.bias'):
+            # a constant added to softmax logits changes nothing: its gradient is zero in
+            # exact arithmetic (rounding may leave a trace of either sign, or none)
+            assert p.grad.abs().max() < 1e-4, pname
+            continue
         assert p.grad.abs().sum() > 0, f'{pname} got an all-zero gradient'
 
 
@@ -546,3 +551,27 @@ def test_bf16_autocast_with_sharp_temperature_is_finite(name, cls, kwargs, _):
     assert torch.isfinite(out).all() and torch.isfinite(out2).all()
     for m in maps.values():
         assert m.dtype == torch.float32 and torch.isfinite(m).all()
+
+
+@pytest.mark.parametrize('dim', [1, 2, 3])
+def test_pointwise_logits_is_the_convolution_with_a_matmul_backward(dim):
+    """The attention-pooling mask (GC, DNL's unary term): the convolution's own forward
+    (bit-identical to upstream's blocks, which converted checkpoints rely on) and an
+    exact backward by matrix products in eager CPU training."""
+    from mmctx.models.blocks._base import _PointwiseLogits, pointwise_logits
+    conv = getattr(torch.nn, f'Conv{dim}d')(6, 1, 1).double()
+    x = torch.randn((2, 6) + (4, ) * dim, dtype=torch.float64, requires_grad=True)
+    out = pointwise_logits(conv, x)
+    assert out.grad_fn.next_functions[0][0].name() == '_PointwiseLogitsBackward'
+    assert torch.equal(out, conv(x).reshape(2, 1, -1))
+    torch.autograd.gradcheck(lambda x, w, b: _PointwiseLogits.apply(conv, x, w, b),
+                             (x, conv.weight, conv.bias))
+    with torch.no_grad():  # inference: the convolution, nothing else
+        assert torch.equal(pointwise_logits(conv, x), conv(x).reshape(2, 1, -1))
+    # the weight alone needs a gradient (a frozen input)
+    out = pointwise_logits(conv, x.detach())
+    out.pow(2).sum().backward()
+    ref = conv.weight.grad.clone()
+    conv.zero_grad()
+    conv(x.detach()).pow(2).sum().backward()
+    torch.testing.assert_close(ref, conv.weight.grad)

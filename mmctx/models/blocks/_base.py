@@ -80,14 +80,49 @@ def pointwise(dim: int, in_channels: int, out_channels: int,
     return conv(in_channels, out_channels, kernel_size=1, bias=bias)
 
 
+class _PointwiseLogits(torch.autograd.Function):
+    """A 1×1 convolution whose forward is the convolution itself (the values upstream's
+    blocks compute, bit for bit) and whose backward is two small matrix products."""
+
+    @staticmethod
+    def forward(ctx, conv, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return conv._conv_forward(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        n, c = x.shape[:2]
+        g = grad.reshape(n, weight.shape[0], -1)
+        w = weight.reshape(weight.shape[0], c)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[1]:
+            gx = torch.matmul(w.t(), g).reshape(x.shape)
+        if ctx.needs_input_grad[2]:
+            gw = torch.matmul(g, x.reshape(n, c, -1).transpose(1, 2)).sum(0)
+            gw = gw.reshape(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            gb = g.sum((0, 2))
+        return None, gx, gw, gb
+
+
 def pointwise_logits(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` of a 1×1 conv with few outputs (attention-pooling masks, C→1) as
-    ``(N, out, L)``, computed as a matrix product: the same values, and a backward of
-    two small products where the convolution's backward (oneDNN) took about 10× longer
-    on CPU (GC forward+backward at 32×64, C=512: 3.9 → 0.4 ms for the mask)."""
-    n, c = x.shape[:2]
-    out = torch.matmul(conv.weight.reshape(conv.out_channels, c), x.reshape(n, c, -1))
-    return out if conv.bias is None else out + conv.bias.reshape(-1, 1)
+    ``(N, out, L)``. The forward is the convolution (the same values as upstream's
+    blocks); in eager CPU training the backward is two small matrix products, where the
+    convolution's backward (oneDNN) took about 10× longer (GC forward+backward at 32×64,
+    C=512: 3.9 → 0.4 ms for the mask)."""
+    n = x.shape[0]
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in conv.parameters()))
+    if (needs_grad and x.device.type == 'cpu' and not exporting()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+        out = _PointwiseLogits.apply(conv, x, conv.weight, conv.bias)
+    else:
+        out = conv(x)
+    return out.reshape(n, conv.out_channels, -1)
 
 
 class ContextBlockBase(nn.Module):
