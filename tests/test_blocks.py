@@ -575,3 +575,21 @@ def test_pointwise_logits_is_the_convolution_with_a_matmul_backward(dim):
     conv.zero_grad()
     conv(x.detach()).pow(2).sum().backward()
     torch.testing.assert_close(ref, conv.weight.grad)
+
+
+def test_pointwise_logits_under_bf16_autocast_gives_fp32_gradients():
+    from mmctx.models.blocks._base import pointwise_logits
+    conv = torch.nn.Conv2d(8, 1, 1)
+    x = torch.randn(2, 8, 4, 5, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = pointwise_logits(conv, x)
+        ref_out = conv(x).reshape(2, 1, -1)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref_out)
+    out.float().square().sum().backward()
+    grads = [t.grad.clone() for t in (x, conv.weight, conv.bias)]
+    for t in (x, conv.weight, conv.bias):
+        t.grad = None
+    ref_out.float().square().sum().backward()
+    for g, t in zip(grads, (x, conv.weight, conv.bias)):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, t.grad, rtol=2e-2, atol=2e-2)

@@ -88,6 +88,7 @@ class _PointwiseLogits(torch.autograd.Function):
     def forward(ctx, conv, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return conv._conv_forward(x, weight, bias)
 
     @staticmethod
@@ -95,16 +96,19 @@ class _PointwiseLogits(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         n, c = x.shape[:2]
-        g = grad.reshape(n, weight.shape[0], -1)
-        w = weight.reshape(weight.shape[0], c)
+        # under autocast the forward ran in half precision: the products here run in
+        # the inputs' common type, each gradient in its input's dtype
+        dtype = torch.promote_types(x.dtype, weight.dtype)
+        g = grad.reshape(n, weight.shape[0], -1).to(dtype)
+        w = weight.reshape(weight.shape[0], c).to(dtype)
         gx = gw = gb = None
         if ctx.needs_input_grad[1]:
-            gx = torch.matmul(w.t(), g).reshape(x.shape)
+            gx = torch.matmul(w.t(), g).reshape(x.shape).to(x.dtype)
         if ctx.needs_input_grad[2]:
-            gw = torch.matmul(g, x.reshape(n, c, -1).transpose(1, 2)).sum(0)
-            gw = gw.reshape(weight.shape)
+            gw = torch.matmul(g, x.reshape(n, c, -1).to(dtype).transpose(1, 2)).sum(0)
+            gw = gw.reshape(weight.shape).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[3]:
-            gb = g.sum((0, 2))
+            gb = g.sum((0, 2)).to(ctx.bias_dtype)
         return None, gx, gw, gb
 
 
