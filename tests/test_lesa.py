@@ -222,14 +222,24 @@ def grads(block, x, out):
                                 .view_as(out).sin()).sum(), [x] + params, allow_unused=True)
 
 
-@pytest.mark.parametrize('pe_type', ['detection_qr', None])
+@pytest.mark.parametrize('pe_type, path', [
+    ('detection_qr', 'one chunk'), ('detection_qr', 'chunks'), ('detection_qr', 'fused'),
+    (None, 'fused')])
 @pytest.mark.parametrize('train', [False, True])
 @pytest.mark.parametrize('size', [(6, 5), (9, 11)])  # below and above pe_size=8
-def test_efficient_equals_explicit(pe_type, train, size):
+def test_efficient_equals_explicit(pe_type, path, train, size, monkeypatch):
+    """2-D relative form: chunks of queries with the relative logits added to q kᵀ
+    (eager), or one fused call on the augmented query / key (exported and compiled
+    graphs; forced here as an export would)."""
     torch.manual_seed(1)
     block = randomized(LESABlock(16, num_heads=2, pe_type=pe_type, pe_size=8)).double()
     block.train(train)
     twin = copy.deepcopy(block)
+    if path == 'chunks':  # 7 queries per chunk, the last one partial
+        block.relative_chunk_elements = 2 * 2 * size[0] * size[1] * 7
+    if path == 'fused':
+        import mmctx.models.blocks.lesa as lesa_module
+        monkeypatch.setattr(lesa_module, 'exporting', lambda: True)
     x = torch.randn(2, 16, *size, dtype=torch.double, requires_grad=True)
     fast, (slow, maps) = block(x), twin.forward_with_attention(x)
     torch.testing.assert_close(fast, slow)
