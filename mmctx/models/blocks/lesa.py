@@ -484,6 +484,9 @@ class LESABlock(ContextBlockBase):
         ``2·L²·(d + H + W)`` and as much again on its zero-padded values (it remains
         the path of exported and compiled graphs: one op, any size)."""
         n, g, length, _ = q.shape
+        # contiguous once: every chunk multiplies by all of k and v
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        alpha, beta = alpha.contiguous(), beta.contiguous()
         chunk = max(1, self.relative_chunk_elements // max(1, n * g * length))
         grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (q, k, v, alpha, beta))
