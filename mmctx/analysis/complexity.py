@@ -202,8 +202,9 @@ def complexity_report(result: Dict, title: str) -> str:
                   'attention = q·k and Σ a·v; relative = the relative-position logits '
                   '(and Σ a·r^v for the classification form); gate = the two 1×1 convs '
                   'of the dynamic fusion. The "as run" column above counts what '
-                  "mmctx's eager path runs (the 2-D relative term: its α, β products; "
-                  'their broadcast sums into the logits are element-wise).', '',
+                  "mmctx's traced (fused) form runs (the 2-D relative term as H+W extra "
+                  'query/key dimensions of the attention call, zero-padded heads; the '
+                  'eager path runs chunks with the official arithmetic).', '',
                   '| block | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
         for b in termed:
             lines.append(f'| {b["name"]} | ' + ' | '.join(

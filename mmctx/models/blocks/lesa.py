@@ -524,7 +524,10 @@ class LESABlock(ContextBlockBase):
                     mean, sq = torch.cat([mean, r_mean]), torch.cat([sq, r_sq])
                 scale = bn_logit_scale(bn, mean, sq, pairs).to(q.dtype)
                 s_qk, s_r = scale[:g].view(1, g, 1, 1), scale[g:].view(1, g, 1, 1)
-                if not (exporting() or torch.compiler.is_compiling()):
+                # traced graphs (export, compile, the jit-traced FLOP counter) keep the
+                # one fused call: a trace would unroll thousands of chunks
+                if not (exporting() or torch.compiler.is_compiling()
+                        or torch.jit.is_tracing()):
                     sv = self._relative_attention(q * s_qk, k, v, alpha * s_r, beta * s_r)
                     out = self.bn_output(sv.permute(0, 1, 3, 2).reshape(n, -1, length))
                     return out.view(n, -1, h, w).to(x.dtype)
