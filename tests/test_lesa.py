@@ -239,7 +239,7 @@ def test_efficient_equals_explicit(pe_type, path, train, size, monkeypatch):
         block.relative_chunk_elements = 2 * 2 * size[0] * size[1] * 7
     if path == 'fused':
         import mmctx.models.blocks.lesa as lesa_module
-        monkeypatch.setattr(lesa_module, 'exporting', lambda: True)
+        monkeypatch.setattr(lesa_module, 'traced', lambda: True)
     x = torch.randn(2, 16, *size, dtype=torch.double, requires_grad=True)
     fast, (slow, maps) = block(x), twin.forward_with_attention(x)
     torch.testing.assert_close(fast, slow)

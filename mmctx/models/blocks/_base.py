@@ -30,6 +30,13 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
+def traced() -> bool:
+    """Whether the forward is being traced into a graph (export, ``torch.compile``, the
+    jit tracer of the FLOP counter): eager-only paths (Python loops over chunks,
+    custom autograd Functions) then give way to single ops."""
+    return exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be an int >= {minimum}, got '
@@ -121,8 +128,7 @@ def pointwise_logits(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for p in conv.parameters()))
-    if (needs_grad and x.device.type == 'cpu' and not exporting()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+    if needs_grad and x.device.type == 'cpu' and not traced():
         out = _PointwiseLogits.apply(conv, x, conv.weight, conv.bias)
     else:
         out = conv(x)

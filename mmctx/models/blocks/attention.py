@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from ._base import exporting, no_autocast, upcast
+from ._base import exporting, no_autocast, traced, upcast
 
 Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -154,7 +154,7 @@ def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
     if q.device.type != 'cpu' or not (torch.is_grad_enabled() and needs_grad):
         return False
-    if exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if traced():
         # traced graphs take the fused kernel: one op, no Python loop; FLOP counters
         # (mmctx.analysis, tools/benchmark_blocks.py) see it as the attention
         return False

@@ -84,8 +84,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from ...registry import MODELS
-from ._base import (ContextBlockBase, check_bool, check_choice, check_int, exporting,
-                    no_autocast, upcast)
+from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
+                    traced, upcast)
 from .attention import softmax_attention
 
 PE_TYPES = ('detection_qr', 'classification', None)
@@ -500,7 +500,8 @@ class LESABlock(ContextBlockBase):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def binary_efficient(self, x: torch.Tensor) -> torch.Tensor:
-        """``B (N, C, H, W)`` through one fused attention call; no ``L×L`` map."""
+        """``B (N, C, H, W)`` without an ``L×L`` map: chunks of queries (2-D relative
+        form, eager) or one fused attention call."""
         if self.pe_type == 'classification':
             return self.binary_efficient_classification(x)
         n, _, h, w = x.shape
@@ -526,11 +527,9 @@ class LESABlock(ContextBlockBase):
                 s_qk, s_r = scale[:g].view(1, g, 1, 1), scale[g:].view(1, g, 1, 1)
                 # traced graphs (export, compile, the jit-traced FLOP counter) keep the
                 # one fused call: a trace would unroll thousands of chunks
-                if not (exporting() or torch.compiler.is_compiling()
-                        or torch.jit.is_tracing()):
+                if not traced():
                     sv = self._relative_attention(q * s_qk, k, v, alpha * s_r, beta * s_r)
-                    out = self.bn_output(sv.permute(0, 1, 3, 2).reshape(n, -1, length))
-                    return out.view(n, -1, h, w).to(x.dtype)
+                    return self._binary_output(sv, h, w).to(x.dtype)
                 # one-hot row / column of each position (a comparison, not F.one_hot,
                 # whose class count would fix H and W in an exported graph)
                 pos = torch.arange(length, device=x.device).unsqueeze(1)  # (L, 1)
@@ -545,9 +544,13 @@ class LESABlock(ContextBlockBase):
             sv, _ = softmax_attention(query.reshape(n * g, length, -1),
                                       key.reshape(n * g, length, -1),
                                       v.reshape(n * g, length, -1), scale=1.0)
-            sv = sv.view(n, g, length, self.v_channels)
-            out = self.bn_output(sv.permute(0, 1, 3, 2).reshape(n, -1, length))
-        return out.view(n, -1, h, w).to(x.dtype)
+            out = self._binary_output(sv.view(n, g, length, self.v_channels), h, w)
+        return out.to(x.dtype)
+
+    def _binary_output(self, sv: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The heads' outputs ``(N, g, L, dv)`` as ``BN(B) (N, C, H, W)``."""
+        n = sv.shape[0]
+        return self.bn_output(sv.permute(0, 1, 3, 2).reshape(n, -1, h * w)).view(n, -1, h, w)
 
     # --- the block ------------------------------------------------------------------
     def fuse(self, unary: Optional[torch.Tensor], binary: Optional[torch.Tensor]):
