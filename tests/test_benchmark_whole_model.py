@@ -197,3 +197,22 @@ def test_compiled_column(tmp_path, monkeypatch, capsys):
     assert len(compiled) == 2 and all(r['compile_s'] > 0 and 'error' not in r
                                       for r in compiled)
     assert 'compiled time = the mmctx block under `torch.compile`' in text
+
+
+def test_lesa_whole_model_floor_is_its_eager_work():
+    """The LESA head's floor counts what its eager path computes (the unary 3×3 grouped
+    + 1×1, the qkv 1×1, ``q·k`` and ``Σ a v`` per head, the per-offset relative logits,
+    the gate's 1×1s), not the fused form a trace would take (H + W more dimensions)."""
+    spec = dict(kind='whole', size=(64, 128), repeats=1, family='lesa', impl='mmctx',
+                config=bench.whole_configs('lesa')['mmctx'])
+    r = bench.whole_worker(spec)
+    assert r['blocks'] == ['LESABlock'] and r['block_inputs'] == [[(1, 512, 8, 16)]]
+    c, g, h, w = 512, 8, 8, 16
+    length, d, dv = h * w, 32, 64  # 2C qkv channels = heads × (2d + dv), dv = C / heads
+    macs = (length * c * (c // g) * 9 + length * c * c  # unary: grouped 3×3, 1×1
+            + length * c * 2 * c  # qkv
+            + g * length * length * (d + dv)  # attention
+            + g * length * (2 * h - 1 + 2 * w - 1) * d  # per-offset relative logits
+            + length * 3 * c * c)  # gate
+    assert r['block_flops'] == 2 * macs
+    assert 'flop_error' not in r and r['peak_mib'] > 0

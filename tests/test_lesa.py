@@ -261,6 +261,36 @@ def test_efficient_equals_explicit(pe_type, path, train, size, monkeypatch):
                                   torch.ones_like(block.bn_similarity.running_var))
 
 
+@pytest.mark.parametrize('mode', ['no_grad', 'inference_mode'])
+@pytest.mark.parametrize('chunk', [None, 7])  # one chunk / several, the last partial
+@pytest.mark.parametrize('train', [False, True])  # α, β per chunk / batch statistics
+def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
+    """Without a gradient the 2-D relative chunks share one logits buffer and write into
+    one output (no allocation per chunk); in eval α and β are made per chunk: same
+    outputs as the explicit path, and the block's input is left as it was."""
+    torch.manual_seed(3)
+    block = randomized(LESABlock(16, num_heads=2, pe_size=8)).double().train(train)
+    twin = copy.deepcopy(block)
+    size = (9, 11)
+    if chunk is not None:
+        block.relative_chunk_elements = 2 * 2 * size[0] * size[1] * chunk
+    x = torch.randn(2, 16, *size, dtype=torch.double)
+    x0 = x.clone()
+    buffered, chunk_fn = [], LESABlock._relative_chunk
+    monkeypatch.setattr(LESABlock, '_relative_chunk', staticmethod(
+        lambda *a: buffered.append(len(a) == 6 and a[5] is not None) or chunk_fn(*a)))
+    with getattr(torch, mode)():
+        fast = block(x)
+        slow, _ = twin.forward_with_attention(x)
+        again = block(x)  # the buffer is not carried over between calls
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(again, fast, rtol=0, atol=0)
+    torch.testing.assert_close(x, x0, rtol=0, atol=0)
+    chunks = 1 if chunk is None else -(-size[0] * size[1] // chunk)  # 15, the last of 1
+    assert buffered == [True] * (2 * chunks)
+    assert not torch.allclose(fast, block.unary_term(x).detach())  # the binary term counts
+
+
 @pytest.mark.parametrize('train', [False, True])
 @pytest.mark.parametrize('chunk', [None, 7])  # one chunk / several, the last partial
 def test_efficient_equals_explicit_classification(train, chunk):

@@ -585,8 +585,14 @@ def whole_worker(spec: dict) -> dict:
     count, error = 0, {}  # the blocks' matmul FLOPs, each on inputs of the shapes it got
     try:
         for name, method, shapes in calls:
+            block = blocks[name]
+            if hasattr(block, 'term_macs'):  # LESA: its eager path's work, counted
+                # (a trace takes the fused form, H + W more dimensions per head)
+                n, _, bh, bw = shapes[0]
+                count += 2 * sum(block.term_macs(n, bh, bw).values())
+                continue
             with torch.no_grad():
-                count += matmul_flops(Entry(blocks[name], method),
+                count += matmul_flops(Entry(block, method),
                                       tuple(torch.randn(s) for s in shapes))['forward']
     except Exception as e:  # keep the measurement; the report shows why
         count, error = 0, dict(flop_error=f'{type(e).__name__}: {e}'.splitlines()[0][:120])
@@ -629,7 +635,8 @@ def whole_report(rows, flops, args) -> list:
         '- floor s = the FLOPs of the matmul-like ops of the mmctx model\'s context '
         'block(s), traced on inputs of the shapes they got in the warm-up call (block input: '
         f'the first call\'s (C, H, W) each, H×W = {h}×{w}/8), at the sgemm rate of this '
-        'run; an mmseg row has its family\'s mmctx floor (the same block and shapes); '
+        'run (LESA: 2 × its `term_macs`, the work of its eager path; a trace would '
+        'take the fused form); an mmseg row has its family\'s mmctx floor (the same block and shapes); '
         'added / floor = '
         '(time − FCN\'s time) / floor s. The heads also differ from FCN\'s outside the '
         'block (EMA, ANN, APC, OCR, PSA: other convs and widths): that is in the added '

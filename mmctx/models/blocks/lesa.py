@@ -48,7 +48,10 @@ The logits ``s_qk q_i·k_j + s_r (α_i[y_j] + β_i[x_j])`` are computed over chu
 queries (at most ``relative_chunk_elements`` logits at a time, each chunk recomputed in
 backward): ``q kᵀ`` as one product, then ``α`` and ``β`` added in place as broadcasts
 over the key grid, the softmax, and the product with ``v`` — the matmul work of the
-attention itself (``2·L²·(d + dv)`` per head). The same logits are one dot product of
+attention itself (``2·L²·(d + dv)`` per head). In inference (eval statistics, no
+gradient) ``α`` and ``β`` are made per chunk from its queries, so the ``(L, H + W)``
+relative logits of all queries never exist, and one logits buffer serves every chunk
+(fresh per-chunk allocations fragmented glibc's heap: 6–24 GiB at 128×256, C=512). The same logits are one dot product of
 the augmented query ``[s_qk q_i, s_r α_i, s_r β_i]`` and the augmented key ``[k_j,
 onehot(y_j), onehot(x_j)]``: exported and compiled graphs use that form, one
 ``scaled_dot_product_attention`` call for any size (``H + W`` more dimensions per
@@ -457,24 +460,25 @@ class LESABlock(ContextBlockBase):
 
     # --- binary term: memory-efficient --------------------------------------------
     #: the 2-D relative form's chunks hold at most this many logits (N·heads·queries·L)
-    relative_chunk_elements = 1 << 22
+    relative_chunk_elements = 1 << 24
 
     @staticmethod
-    def _relative_chunk(q, k, v, alpha, beta):
-        """``softmax(q kᵀ + α[y_j] + β[x_j]) v`` for a chunk of queries ``(N, g, c, ·)``:
-        the relative logits are added to the ``q kᵀ`` product as broadcasts over the
-        key grid (``(c, H, 1)`` then ``(c, 1, W)``), in place, not as extra attention
-        dimensions; without a gradient the softmax is in place too."""
-        n, g, c, d = q.shape
+    def _relative_chunk(q, k, v, alpha, beta, buffer=None):
+        """``softmax(q kᵀ + α[y_j] + β[x_j]) v`` for a chunk of queries (``(B, c, ·)``,
+        ``B`` = N·heads): the relative logits are added to the ``q kᵀ`` product as
+        broadcasts over the key grid (``(c, H, 1)`` then ``(c, 1, W)``), in place, not
+        as extra attention dimensions. Without a gradient the logits go to ``buffer``
+        (one allocation for all chunks: thousands of fresh ones fragmented the heap
+        into gigabytes at 128×256) and the softmax is in place."""
+        b, c, _ = q.shape
         h, w = alpha.shape[-1], beta.shape[-1]
-        logits = torch.bmm(q.reshape(n * g, c, d), k.reshape(n * g, -1, d).transpose(1, 2))
-        grid = logits.view(n * g, c, h, w)
-        grid.add_(alpha.reshape(n * g, c, h, 1)).add_(beta.reshape(n * g, c, 1, w))
-        if torch.is_grad_enabled():
-            attn = logits.softmax(-1)
-        else:
-            attn = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-        return torch.bmm(attn, v.reshape(n * g, -1, v.shape[-1])).view(n, g, c, -1)
+        kt = k.transpose(1, 2)
+        logits = (torch.bmm(q, kt) if buffer is None else
+                  torch.bmm(q, kt, out=buffer[:b * c * k.shape[1]].view(b, c, -1)))
+        logits.view(b, c, h, w).add_(alpha.unsqueeze(-1)).add_(beta.unsqueeze(-2))
+        if buffer is None:
+            return torch.bmm(logits.softmax(-1), v)
+        return torch.bmm(torch.ops.aten._softmax.out(logits, -1, False, out=logits), v)
 
     def _relative_attention(self, q, k, v, alpha, beta):
         """The 2-D relative attention (scaled ``q``, ``α``, ``β``) over chunks of
@@ -484,20 +488,55 @@ class LESABlock(ContextBlockBase):
         ``2·L²·(d + H + W)`` and as much again on its zero-padded values (it remains
         the path of exported and compiled graphs: one op, any size)."""
         n, g, length, _ = q.shape
-        # contiguous once: every chunk multiplies by all of k and v
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        alpha, beta = alpha.contiguous(), beta.contiguous()
-        chunk = max(1, self.relative_chunk_elements // max(1, n * g * length))
+        b, dv = n * g, v.shape[-1]
+        # (B, L, ·) and contiguous once: every chunk multiplies by all of k and v
+        q, k, v, alpha, beta = (t.reshape(b, length, t.shape[-1]).contiguous()
+                                for t in (q, k, v, alpha, beta))
+        chunk = min(length, max(1, self.relative_chunk_elements // max(1, b * length)))
         grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (q, k, v, alpha, beta))
-        parts = []
-        for start in range(0, length, chunk):
-            stop = min(start + chunk, length)
-            args = (q[:, :, start:stop], k, v, alpha[:, :, start:stop],
-                    beta[:, :, start:stop])
-            parts.append(cp.checkpoint(self._relative_chunk, *args, use_reentrant=False)
-                         if grad else self._relative_chunk(*args))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        if grad:
+            parts = [cp.checkpoint(self._relative_chunk, q[:, s:s + chunk], k, v,
+                                   alpha[:, s:s + chunk], beta[:, s:s + chunk],
+                                   use_reentrant=False)
+                     for s in range(0, length, chunk)]
+            out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        else:
+            out = q.new_empty(b, length, dv)
+            buffer = q.new_empty(b * chunk * length)
+            for s in range(0, length, chunk):
+                out[:, s:s + chunk] = self._relative_chunk(
+                    q[:, s:s + chunk], k, v, alpha[:, s:s + chunk], beta[:, s:s + chunk],
+                    buffer)
+        return out.view(n, g, length, dv)
+
+    def _relative_attention_inference(self, q, k, v, q_rel, h: int, w: int):
+        """:meth:`_relative_attention` for inference (no gradient, eval statistics):
+        ``α`` and ``β`` of each chunk's queries are made in the loop (``q_rel``: ``q``
+        scaled by the relative term's BN scale) from the per-offset products with the
+        two tables (the official ``L·(2H − 1 + 2W − 1)·d`` MACs), so the full ``(L, H)``
+        and ``(L, W)`` tensors never exist (about 1/4 of FCN's memory at 128×256, C=512);
+        one logits buffer serves all chunks."""
+        n, g, length, d = q.shape
+        b, dv = n * g, v.shape[-1]
+        q, k, v, q_rel = (t.reshape(b, length, t.shape[-1]).contiguous()
+                          for t in (q, k, v, q_rel))
+        table_h = offset_table(self.rel_height, h).to(q.dtype).t()  # (d, 2H - 1)
+        table_w = offset_table(self.rel_width, w).to(q.dtype).t()
+        chunk = min(length, max(1, self.relative_chunk_elements // max(1, b * length)))
+        out = q.new_empty(b, length, dv)
+        buffer = q.new_empty(b * chunk * length)
+        offsets_h = torch.arange(h, device=q.device) + (h - 1)  # key row + H - 1
+        offsets_w = torch.arange(w, device=q.device) + (w - 1)
+        for s in range(0, length, chunk):
+            pos = torch.arange(s, min(s + chunk, length), device=q.device).unsqueeze(1)
+            c = pos.shape[0]
+            qr = q_rel[:, s:s + c]
+            # α_i[y] = q_i·r^h[y − y_i]: the per-offset products, then the H offsets
+            alpha = torch.gather(qr @ table_h, -1, (offsets_h - pos // w).expand(b, c, h))
+            beta = torch.gather(qr @ table_w, -1, (offsets_w - pos % w).expand(b, c, w))
+            out[:, s:s + c] = self._relative_chunk(q[:, s:s + c], k, v, alpha, beta, buffer)
+        return out.view(n, g, length, dv)
 
     def binary_efficient(self, x: torch.Tensor) -> torch.Tensor:
         """``B (N, C, H, W)`` without an ``L×L`` map: chunks of queries (2-D relative
@@ -515,7 +554,11 @@ class LESABlock(ContextBlockBase):
             if stats:
                 mean, sq = pair_moments(q, k)
             if self.pe_type == 'detection_qr':
-                alpha, beta = self.relative_2d(q, h, w)
+                # inference (eval statistics, no gradient, eager): α and β per chunk
+                lazy = not (stats or traced() or torch.is_grad_enabled() and (
+                    q.requires_grad or self.rel_height.requires_grad
+                    or self.rel_width.requires_grad))
+                alpha, beta = (None, None) if lazy else self.relative_2d(q, h, w)
                 if stats:
                     a, b = alpha.double(), beta.double()
                     sa, sb = a.sum(-1), b.sum(-1)  # (N, g, L)
@@ -525,6 +568,9 @@ class LESABlock(ContextBlockBase):
                     mean, sq = torch.cat([mean, r_mean]), torch.cat([sq, r_sq])
                 scale = bn_logit_scale(bn, mean, sq, pairs).to(q.dtype)
                 s_qk, s_r = scale[:g].view(1, g, 1, 1), scale[g:].view(1, g, 1, 1)
+                if lazy:
+                    sv = self._relative_attention_inference(q * s_qk, k, v, q * s_r, h, w)
+                    return self._binary_output(sv, h, w).to(x.dtype)
                 # traced graphs (export, compile, the jit-traced FLOP counter) keep the
                 # one fused call: a trace would unroll thousands of chunks
                 if not traced():
