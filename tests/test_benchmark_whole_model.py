@@ -216,3 +216,24 @@ def test_lesa_whole_model_floor_is_its_eager_work():
             + length * 3 * c * c)  # gate
     assert r['block_flops'] == 2 * macs
     assert 'flop_error' not in r and r['peak_mib'] > 0
+
+
+@pytest.mark.parametrize('pe_type', ['detection_qr', 'classification'])
+def test_lesa_block_floor_counts_the_eager_chunks(pe_type):
+    """The block benchmark's LESA floor: the eager path's products, forward (what the
+    chunks compute) and backward (two products per forward one, the attention
+    recomputed once by the checkpointed chunks)."""
+    from mmctx.models.blocks import LESABlock
+    c, g, h, w = 32, 4, 5, 6
+    block = LESABlock(c, num_heads=g, pe_type=pe_type, pe_size=(h, w))
+    length, d, dv = h * w, c // g // 2, c // g
+    attention = g * length * length * (d + dv)
+    relative = (g * length * (2 * h - 1 + 2 * w - 1) * d if pe_type == 'detection_qr'
+                else g * length * length * (2 * d + dv))
+    convs = length * c * (c // g) * 9 + length * c * c + length * c * 2 * c + 3 * length * c * c
+    total = convs + attention + relative
+    x = torch.randn(1, c, h, w)
+    assert bench.block_flops(block, x, train=False) == dict(forward=2 * total, backward=0)
+    recomputed = attention + (relative if pe_type == 'classification' else 0)
+    assert bench.block_flops(block, x, train=True) == dict(
+        forward=2 * total, backward=4 * total + 2 * recomputed)

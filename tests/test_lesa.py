@@ -273,7 +273,7 @@ def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
     twin = copy.deepcopy(block)
     size = (9, 11)
     if chunk is not None:
-        block.relative_chunk_elements = 2 * 2 * size[0] * size[1] * chunk
+        block.relative_inference_chunk_elements = 2 * 2 * size[0] * size[1] * chunk
     x = torch.randn(2, 16, *size, dtype=torch.double)
     x0 = x.clone()
     buffered, chunk_fn = [], LESABlock._relative_chunk

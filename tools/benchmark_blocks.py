@@ -495,6 +495,14 @@ def block_flops(model, x, train: bool) -> Dict[str, int]:
     and an input that needs a gradient for forward+backward, else eval and no_grad)."""
     import torch
     model.train(train)
+    if hasattr(model, 'term_macs'):  # LESA: its eager path's work (a trace takes the
+        # fused form); backward: 2 products per forward one (both operands need a
+        # gradient) and the chunked attention recomputed once (checkpointed chunks)
+        macs = model.term_macs(x.shape[0], *x.shape[2:])
+        recomputed = macs.get('attention', 0) + (
+            macs.get('relative', 0) if model.pe_type == 'classification' else 0)
+        return dict(forward=2 * sum(macs.values()),
+                    backward=4 * sum(macs.values()) + 2 * recomputed if train else 0)
     if train:
         return matmul_flops(model, (x.detach().requires_grad_(), ), backward=True)
     with torch.no_grad():
@@ -733,7 +741,9 @@ def ratio(ours: dict, up: dict, key: str) -> str:
 FLOOR_NOTE = (
     "floor s = the mmctx block's arithmetic floor: the FLOPs of its matmul-like ops "
     '(convs, (b)mm, linear, einsum, fused attention; 2 per multiply-add; counted on a trace '
-    "of the block at that size, as mmctx's path runs them, by mmctx's counter) at the "
+    "of the block at that size, as mmctx's path runs them, by mmctx's counter; LESA: "
+    "2 × its `term_macs`, the work of its eager chunks, whose backward recomputes the "
+    "attention once) at the "
     f'sgemm rate measured in this run; {BACKWARD_RULE}. time / floor = mmctx time / '
     'floor s (1.00× = matmuls at sgemm speed and nothing else).')
 

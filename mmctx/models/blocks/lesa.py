@@ -46,13 +46,15 @@ q_i·r^h[y − y_i]``, ``β_i[x] = q_i·r^w[x − x_i]``) they are sums over ``�
 The running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance).
 The logits ``s_qk q_i·k_j + s_r (α_i[y_j] + β_i[x_j])`` are computed over chunks of
 queries (at most ``relative_chunk_elements`` logits at a time, each chunk recomputed in
-backward): ``q kᵀ`` as one product, then ``α`` and ``β`` added in place as broadcasts
-over the key grid, the softmax, and the product with ``v`` — the matmul work of the
-attention itself (``2·L²·(d + dv)`` per head). In inference (eval statistics, no
-gradient) ``α`` and ``β`` are made per chunk from its queries, so the ``(L, H + W)``
-relative logits of all queries never exist, and one logits buffer serves every chunk
-(fresh per-chunk allocations fragmented glibc's heap: 6–24 GiB at 128×256, C=512). The same logits are one dot product of
-the augmented query ``[s_qk q_i, s_r α_i, s_r β_i]`` and the augmented key ``[k_j,
+backward; ``relative_inference_chunk_elements`` without a gradient): ``q kᵀ`` as one
+product, then ``α`` and ``β`` added in place as broadcasts over the key grid, the
+softmax, and the product with ``v`` — the matmul work of the attention itself
+(``2·L²·(d+dv)`` per head). In inference (eval statistics, no gradient) ``α`` and ``β``
+are made per chunk from its queries, so the ``(L, H + W)`` relative logits of all
+queries never exist, and one logits buffer serves every chunk (fresh per-chunk
+allocations fragmented glibc's heap: 6–24 GiB at 128×256, C=512). The same logits are
+one dot product of the augmented query ``[s_qk q_i, s_r α_i, s_r β_i]`` and the
+augmented key ``[k_j,
 onehot(y_j), onehot(x_j)]``: exported and compiled graphs use that form, one
 ``scaled_dot_product_attention`` call for any size (``H + W`` more dimensions per
 head and zero-padded values: at 64×128, C=512, 8 heads, about 2.4× the eager chunks'
@@ -461,6 +463,8 @@ class LESABlock(ContextBlockBase):
     # --- binary term: memory-efficient --------------------------------------------
     #: the 2-D relative form's chunks hold at most this many logits (N·heads·queries·L)
     relative_chunk_elements = 1 << 24
+    #: the same without a gradient (one logits buffer for all chunks)
+    relative_inference_chunk_elements = 1 << 24
 
     @staticmethod
     def _relative_chunk(q, k, v, alpha, beta, buffer=None):
@@ -492,9 +496,11 @@ class LESABlock(ContextBlockBase):
         # (B, L, ·) and contiguous once: every chunk multiplies by all of k and v
         q, k, v, alpha, beta = (t.reshape(b, length, t.shape[-1]).contiguous()
                                 for t in (q, k, v, alpha, beta))
-        chunk = min(length, max(1, self.relative_chunk_elements // max(1, b * length)))
         grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (q, k, v, alpha, beta))
+        elements = (self.relative_chunk_elements if grad
+                    else self.relative_inference_chunk_elements)
+        chunk = min(length, max(1, elements // max(1, b * length)))
         if grad:
             parts = [cp.checkpoint(self._relative_chunk, q[:, s:s + chunk], k, v,
                                    alpha[:, s:s + chunk], beta[:, s:s + chunk],
@@ -523,7 +529,8 @@ class LESABlock(ContextBlockBase):
                           for t in (q, k, v, q_rel))
         table_h = offset_table(self.rel_height, h).to(q.dtype).t()  # (d, 2H - 1)
         table_w = offset_table(self.rel_width, w).to(q.dtype).t()
-        chunk = min(length, max(1, self.relative_chunk_elements // max(1, b * length)))
+        chunk = min(length, max(1, self.relative_inference_chunk_elements
+                                // max(1, b * length)))
         out = q.new_empty(b, length, dv)
         buffer = q.new_empty(b * chunk * length)
         offsets_h = torch.arange(h, device=q.device) + (h - 1)  # key row + H - 1
