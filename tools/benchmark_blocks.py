@@ -495,18 +495,24 @@ def block_flops(model, x, train: bool) -> Dict[str, int]:
     and an input that needs a gradient for forward+backward, else eval and no_grad)."""
     import torch
     model.train(train)
-    if hasattr(model, 'term_macs'):  # LESA: its eager path's work (a trace takes the
-        # fused form); backward: 2 products per forward one (both operands need a
-        # gradient) and the chunked attention recomputed once (checkpointed chunks)
-        macs = model.term_macs(x.shape[0], *x.shape[2:])
-        recomputed = macs.get('attention', 0) + (
-            macs.get('relative', 0) if model.pe_type == 'classification' else 0)
-        return dict(forward=2 * sum(macs.values()),
-                    backward=4 * sum(macs.values()) + 2 * recomputed if train else 0)
+    if hasattr(model, 'term_macs'):
+        return term_flops(model, x.shape, train)
     if train:
         return matmul_flops(model, (x.detach().requires_grad_(), ), backward=True)
     with torch.no_grad():
         return matmul_flops(model, (x, ))
+
+
+def term_flops(block, shape, train: bool) -> Dict[str, int]:
+    """LESA's count (a block with ``term_macs``): the work of its eager path on an input
+    of ``shape`` (a trace takes the fused form, ``H + W`` more dimensions per head);
+    backward: 2 products per forward one (both operands need a gradient) and the
+    chunked attention recomputed once (checkpointed chunks)."""
+    macs = block.term_macs(shape[0], *shape[2:])
+    recomputed = macs.get('attention', 0) + (
+        macs.get('relative', 0) if block.pe_type == 'classification' else 0)
+    return dict(forward=2 * sum(macs.values()),
+                backward=4 * sum(macs.values()) + 2 * recomputed if train else 0)
 
 
 def floor_s(count: Dict[str, int], sgemm_gflops: float) -> float:
@@ -594,10 +600,8 @@ def whole_worker(spec: dict) -> dict:
     try:
         for name, method, shapes in calls:
             block = blocks[name]
-            if hasattr(block, 'term_macs'):  # LESA: its eager path's work, counted
-                # (a trace takes the fused form, H + W more dimensions per head)
-                n, _, bh, bw = shapes[0]
-                count += 2 * sum(block.term_macs(n, bh, bw).values())
+            if hasattr(block, 'term_macs'):
+                count += term_flops(block, shapes[0], train=False)['forward']
                 continue
             with torch.no_grad():
                 count += matmul_flops(Entry(block, method),
@@ -644,7 +648,8 @@ def whole_report(rows, flops, args) -> list:
         'block(s), traced on inputs of the shapes they got in the warm-up call (block input: '
         f'the first call\'s (C, H, W) each, H×W = {h}×{w}/8), at the sgemm rate of this '
         'run (LESA: 2 × its `term_macs`, the work of its eager path; a trace would '
-        'take the fused form); an mmseg row has its family\'s mmctx floor (the same block and shapes); '
+        'take the fused form); an mmseg row has its family\'s mmctx floor (the same '
+        'block and shapes); '
         'added / floor = '
         '(time − FCN\'s time) / floor s. The heads also differ from FCN\'s outside the '
         'block (EMA, ANN, APC, OCR, PSA: other convs and widths): that is in the added '

@@ -54,11 +54,10 @@ are made per chunk from its queries, so the ``(L, H + W)`` relative logits of al
 queries never exist, and one logits buffer serves every chunk (fresh per-chunk
 allocations fragmented glibc's heap: 6–24 GiB at 128×256, C=512). The same logits are
 one dot product of the augmented query ``[s_qk q_i, s_r α_i, s_r β_i]`` and the
-augmented key ``[k_j,
-onehot(y_j), onehot(x_j)]``: exported and compiled graphs use that form, one
-``scaled_dot_product_attention`` call for any size (``H + W`` more dimensions per
-head and zero-padded values: at 64×128, C=512, 8 heads, about 2.4× the eager chunks'
-time here). The explicit path (``forward_with_attention``, the official computation)
+augmented key ``[k_j, onehot(y_j), onehot(x_j)]``: exported and compiled graphs use
+that form, one ``scaled_dot_product_attention`` call for any size (``H + W`` more
+dimensions per head and zero-padded values: at 64×128, C=512, 8 heads, about 2.4× the
+eager chunks' time here). The explicit path (``forward_with_attention``, the official computation)
 returns the maps; all agree (tested: outputs, gradients, running statistics).
 
 ``pe_type='classification'``: its flattened-index terms ``q_i·r^q_{i−j}``,
@@ -484,66 +483,58 @@ class LESABlock(ContextBlockBase):
             return torch.bmm(logits.softmax(-1), v)
         return torch.bmm(torch.ops.aten._softmax.out(logits, -1, False, out=logits), v)
 
-    def _relative_attention(self, q, k, v, alpha, beta):
-        """The 2-D relative attention (scaled ``q``, ``α``, ``β``) over chunks of
-        queries, each recomputed in backward, so at most one chunk's ``c×L`` logits
-        exist at a time: ``2·L²·(d + dv)`` matmul FLOPs per head, where the single
-        fused call on the augmented ``[q, α, β]`` / ``[k, onehot(y), onehot(x)]`` runs
-        ``2·L²·(d + H + W)`` and as much again on its zero-padded values (it remains
-        the path of exported and compiled graphs: one op, any size)."""
+    def _relative_attention(self, q, k, v, terms, grad: bool):
+        """The 2-D relative attention (scaled ``q``) over chunks of queries, so at most
+        one chunk's ``c×L`` logits exist at a time: ``2·L²·(d + dv)`` matmul FLOPs per
+        head, where the single fused call on the augmented ``[q, α, β]`` / ``[k,
+        onehot(y), onehot(x)]`` runs ``2·L²·(d + H + W)`` and as much again on its
+        zero-padded values (it remains the path of exported and compiled graphs: one
+        op, any size). ``terms(start, c)`` gives the chunk's scaled ``α (B, c, H)`` and
+        ``β (B, c, W)``. With ``grad`` each chunk is recomputed in backward; without,
+        one logits buffer serves every chunk and they write into one output."""
         n, g, length, _ = q.shape
         b, dv = n * g, v.shape[-1]
         # (B, L, ·) and contiguous once: every chunk multiplies by all of k and v
-        q, k, v, alpha, beta = (t.reshape(b, length, t.shape[-1]).contiguous()
-                                for t in (q, k, v, alpha, beta))
-        grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (q, k, v, alpha, beta))
+        q, k, v = (t.reshape(b, length, t.shape[-1]).contiguous() for t in (q, k, v))
         elements = (self.relative_chunk_elements if grad
                     else self.relative_inference_chunk_elements)
         chunk = min(length, max(1, elements // max(1, b * length)))
+        starts = range(0, length, chunk)
         if grad:
             parts = [cp.checkpoint(self._relative_chunk, q[:, s:s + chunk], k, v,
-                                   alpha[:, s:s + chunk], beta[:, s:s + chunk],
-                                   use_reentrant=False)
-                     for s in range(0, length, chunk)]
+                                   *terms(s, min(chunk, length - s)), use_reentrant=False)
+                     for s in starts]
             out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         else:
             out = q.new_empty(b, length, dv)
             buffer = q.new_empty(b * chunk * length)
-            for s in range(0, length, chunk):
+            for s in starts:
                 out[:, s:s + chunk] = self._relative_chunk(
-                    q[:, s:s + chunk], k, v, alpha[:, s:s + chunk], beta[:, s:s + chunk],
-                    buffer)
+                    q[:, s:s + chunk], k, v, *terms(s, min(chunk, length - s)), buffer)
         return out.view(n, g, length, dv)
 
-    def _relative_attention_inference(self, q, k, v, q_rel, h: int, w: int):
-        """:meth:`_relative_attention` for inference (no gradient, eval statistics):
-        ``α`` and ``β`` of each chunk's queries are made in the loop (``q_rel``: ``q``
-        scaled by the relative term's BN scale) from the per-offset products with the
-        two tables (the official ``L·(2H − 1 + 2W − 1)·d`` MACs), so the full ``(L, H)``
-        and ``(L, W)`` tensors never exist (about 1/4 of FCN's memory at 128×256, C=512);
-        one logits buffer serves all chunks."""
-        n, g, length, d = q.shape
-        b, dv = n * g, v.shape[-1]
-        q, k, v, q_rel = (t.reshape(b, length, t.shape[-1]).contiguous()
-                          for t in (q, k, v, q_rel))
-        table_h = offset_table(self.rel_height, h).to(q.dtype).t()  # (d, 2H - 1)
-        table_w = offset_table(self.rel_width, w).to(q.dtype).t()
-        chunk = min(length, max(1, self.relative_inference_chunk_elements
-                                // max(1, b * length)))
-        out = q.new_empty(b, length, dv)
-        buffer = q.new_empty(b * chunk * length)
-        offsets_h = torch.arange(h, device=q.device) + (h - 1)  # key row + H - 1
-        offsets_w = torch.arange(w, device=q.device) + (w - 1)
-        for s in range(0, length, chunk):
-            pos = torch.arange(s, min(s + chunk, length), device=q.device).unsqueeze(1)
-            c = pos.shape[0]
-            qr = q_rel[:, s:s + c]
+    def _chunk_relative_terms(self, q_rel: torch.Tensor, h: int, w: int):
+        """``terms(start, c)`` for :meth:`_relative_attention` that makes a chunk's ``α``
+        and ``β`` from its own queries (``q_rel``: ``q`` scaled by the relative term's BN
+        scale) by the per-offset products with the two tables (the official ``L·(2H − 1
+        + 2W − 1)·d`` MACs), so the ``(L, H)`` and ``(L, W)`` tensors of all queries
+        never exist (inference)."""
+        n, g, length, d = q_rel.shape
+        b = n * g
+        q_rel = q_rel.reshape(b, length, d)
+        table_h = offset_table(self.rel_height, h).to(q_rel.dtype).t()  # (d, 2H - 1)
+        table_w = offset_table(self.rel_width, w).to(q_rel.dtype).t()
+        offsets_h = torch.arange(h, device=q_rel.device) + (h - 1)  # key row + H - 1
+        offsets_w = torch.arange(w, device=q_rel.device) + (w - 1)
+
+        def terms(start: int, c: int):
+            pos = torch.arange(start, start + c, device=q_rel.device).unsqueeze(1)
+            qr = q_rel[:, start:start + c]
             # α_i[y] = q_i·r^h[y − y_i]: the per-offset products, then the H offsets
             alpha = torch.gather(qr @ table_h, -1, (offsets_h - pos // w).expand(b, c, h))
             beta = torch.gather(qr @ table_w, -1, (offsets_w - pos % w).expand(b, c, w))
-            out[:, s:s + c] = self._relative_chunk(q[:, s:s + c], k, v, alpha, beta, buffer)
-        return out.view(n, g, length, dv)
+            return alpha, beta
+        return terms
 
     def binary_efficient(self, x: torch.Tensor) -> torch.Tensor:
         """``B (N, C, H, W)`` without an ``L×L`` map: chunks of queries (2-D relative
@@ -575,13 +566,19 @@ class LESABlock(ContextBlockBase):
                     mean, sq = torch.cat([mean, r_mean]), torch.cat([sq, r_sq])
                 scale = bn_logit_scale(bn, mean, sq, pairs).to(q.dtype)
                 s_qk, s_r = scale[:g].view(1, g, 1, 1), scale[g:].view(1, g, 1, 1)
-                if lazy:
-                    sv = self._relative_attention_inference(q * s_qk, k, v, q * s_r, h, w)
-                    return self._binary_output(sv, h, w).to(x.dtype)
                 # traced graphs (export, compile, the jit-traced FLOP counter) keep the
                 # one fused call: a trace would unroll thousands of chunks
+                if lazy:
+                    sv = self._relative_attention(
+                        q * s_qk, k, v, self._chunk_relative_terms(q * s_r, h, w), False)
+                    return self._binary_output(sv, h, w).to(x.dtype)
                 if not traced():
-                    sv = self._relative_attention(q * s_qk, k, v, alpha * s_r, beta * s_r)
+                    ra, rb = ((t * s_r).reshape(n * g, length, t.shape[-1]).contiguous()
+                              for t in (alpha, beta))
+                    grad = torch.is_grad_enabled() and any(
+                        t.requires_grad for t in (q, k, v, ra, rb))
+                    sv = self._relative_attention(
+                        q * s_qk, k, v, lambda s, c: (ra[:, s:s + c], rb[:, s:s + c]), grad)
                     return self._binary_output(sv, h, w).to(x.dtype)
                 # one-hot row / column of each position (a comparison, not F.one_hot,
                 # whose class count would fix H and W in an exported graph)
