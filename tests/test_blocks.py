@@ -593,3 +593,79 @@ def test_pointwise_logits_under_bf16_autocast_gives_fp32_gradients():
     for g, t in zip(grads, (x, conv.weight, conv.bias)):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, t.grad, rtol=2e-2, atol=2e-2)
+
+
+def _cat_conv_modules():
+    from mmcv.cnn import ConvModule
+    yield ConvModule(7, 5, 3, padding=1, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))
+    yield ConvModule(7, 5, 1, norm_cfg=dict(type='BN'), act_cfg=None)  # ANN's AFNB
+    yield ConvModule(7, 5, 3, padding=2, dilation=2, stride=2, bias=True, norm_cfg=None)
+    yield torch.nn.Conv2d(7, 5, 3, padding=1)
+    yield torch.nn.Conv1d(7, 5, 3, padding=1, bias=False)
+    yield torch.nn.Conv3d(7, 5, 1)
+
+
+@pytest.mark.parametrize('module', list(_cat_conv_modules()), ids=lambda m: repr(m)[:40])
+@pytest.mark.parametrize('train', [False, True])
+def test_concat_conv_is_the_conv_of_the_concatenation(module, train, monkeypatch):
+    """The sum of per-part convolutions equals the convolution of the concatenation,
+    forward and backward (inputs, weights, bias, norm), and forms no concatenation."""
+    from mmctx.models.blocks._base import concat_conv
+    torch.manual_seed(0)
+    randomize(module)
+    module.train(train)
+    dim = next(p for p in module.parameters() if p.dim() > 1).dim() - 2
+    spatial = (6, 5, 4)[:dim]
+    parts = [torch.randn(2, c, *spatial, dtype=torch.float64, requires_grad=True)
+             for c in (4, 1, 2)]
+    module = module.double()
+    ref_module = __import__('copy').deepcopy(module)
+    ref = ref_module(torch.cat(parts, dim=1))
+    gref = torch.autograd.grad(ref.pow(2).sum(), parts + list(ref_module.parameters()))
+    real_cat = torch.cat
+
+    def no_cat(tensors, dim=0):
+        if dim == 1:
+            raise AssertionError('concat_conv concatenated its parts')
+        return real_cat(tensors, dim)
+
+    monkeypatch.setattr(torch, 'cat', no_cat)
+    out = concat_conv(module, (p for p in parts))  # a generator: parts in turn
+    monkeypatch.setattr(torch, 'cat', real_cat)
+    torch.testing.assert_close(out, ref)
+    got = torch.autograd.grad(out.pow(2).sum(), parts + list(module.parameters()))
+    for a, b in zip(got, gref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('module', [
+    torch.nn.Conv2d(6, 4, 1, groups=2),
+    torch.nn.Conv2d(6, 4, 3, padding=1, padding_mode='reflect'),
+], ids=['grouped', 'reflect'])
+def test_concat_conv_falls_back_to_the_concatenation(module):
+    from mmctx.models.blocks._base import concat_conv
+    parts = [torch.randn(1, 2, 5, 5), torch.randn(1, 4, 5, 5)]
+    assert torch.equal(concat_conv(module, iter(parts)), module(torch.cat(parts, dim=1)))
+
+
+@pytest.mark.parametrize('widths, match', [((4, 4), 'more than the 7'), ((3, 2), '5 channels')])
+def test_concat_conv_refuses_wrong_widths(widths, match):
+    from mmctx.models.blocks._base import concat_conv
+    conv = torch.nn.Conv2d(7, 3, 1)
+    with pytest.raises(ValueError, match=match):
+        concat_conv(conv, [torch.randn(1, c, 3, 3) for c in widths])
+
+
+def test_concat_conv_under_autocast():
+    """bf16 autocast (CPU): the same dtype and values as the concatenation's conv."""
+    from mmcv.cnn import ConvModule
+
+    from mmctx.models.blocks._base import concat_conv
+    torch.manual_seed(0)
+    for module in (ConvModule(6, 4, 1, norm_cfg=None), ConvModule(6, 4, 3, padding=1)):
+        parts = [torch.randn(2, 2, 5, 5), torch.randn(2, 4, 5, 5)]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ref = module(torch.cat(parts, dim=1))
+            out = concat_conv(module, iter(parts))
+        assert out.dtype == ref.dtype
+        torch.testing.assert_close(out.float(), ref.float(), atol=0.05, rtol=0.02)

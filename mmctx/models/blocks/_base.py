@@ -1,8 +1,9 @@
 """Shared pieces of every context block: argument checks, rank-aware layers."""
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -228,3 +229,76 @@ def zero_init_last(module: Optional[nn.Module]) -> None:
     nn.init.zeros_(last.weight)
     if getattr(last, 'bias', None) is not None:
         nn.init.zeros_(last.bias)
+
+
+def _conv_of(module: nn.Module) -> Optional[nn.Module]:
+    """The plain convolution that :func:`concat_conv` can split, else None: an
+    ``nn.ConvNd`` (groups 1, zero padding), or the one of an mmcv ``ConvModule`` that runs
+    it first, without explicit padding, spectral norm or the fused conv-BN eval."""
+    conv = getattr(module, 'conv', module)
+    plain = (type(conv) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and conv.groups == 1
+             and conv.padding_mode == 'zeros' and isinstance(conv.padding, tuple))
+    if not plain or conv is module:
+        return conv if plain else None
+    wrapped = (getattr(module, 'order', ('conv', ))[0] == 'conv'
+               and not getattr(module, 'with_explicit_padding', False)
+               and not getattr(module, 'with_spectral_norm', False)
+               and getattr(module, 'efficient_conv_bn_eval_forward', None) is None)
+    return conv if wrapped and hasattr(module, 'order') else None
+
+
+def concat_conv(module: nn.Module, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``module(torch.cat(parts, dim=1))`` without the concatenation.
+
+    The convolution of a channel concatenation is the sum of each part's convolution
+    with its slice of the weights: the concatenated tensor (the width of every part
+    together, at full resolution: e.g. 512 MiB for ANN's and APCNet's fusions of a
+    1024×2048 image at stride 8) is never formed, and ``parts`` may be a generator,
+    each part made, convolved and dropped in turn. The same function up to the order
+    of the sums (fp32 rounding); the parameters are the module's own, so upstream
+    checkpoints load unchanged. ``module``: an ``nn.ConvNd`` or an mmcv ``ConvModule``
+    (conv → norm → act); any other layer (grouped, reflect-padded, spectral-normed,
+    conv-BN-fused) gets the concatenation itself.
+    """
+    conv = _conv_of(module)
+    if conv is None:
+        return module(torch.cat(list(parts), dim=1))
+    ops = (F.conv1d, F.conv2d, F.conv3d)[conv.weight.dim() - 3]
+    # a 1×1 conv of stride 1 adds each further part into the output (one batched matrix
+    # product in place), so it needs no part-sized temporary either
+    pointwise_conv = (all(k == 1 for k in conv.kernel_size) and all(s == 1 for s in conv.stride)
+                      and all(p == 0 for p in conv.padding))
+    out, start, spatial = None, 0, None
+    for part in parts:
+        width = part.shape[1]
+        if start + width > conv.in_channels:
+            raise ValueError(f'concat_conv: the parts have more than the {conv.in_channels} '
+                             f'input channels of {type(conv).__name__} (got at least '
+                             f'{start + width})')
+        weight = conv.weight[:, start:start + width]
+        if pointwise_conv and out is not None:  # accumulate in place: no temporary
+            w = weight.reshape(weight.shape[0], width).to(out.dtype)
+            out.baddbmm_(w.expand(part.shape[0], -1, -1),
+                         part.reshape(part.shape[0], width, -1).to(out.dtype))
+        else:
+            y = ops(part, weight, None, conv.stride, conv.padding, conv.dilation)
+            # (a conv's backward needs not its output: in-place sums are free)
+            out = y.reshape(y.shape[0], y.shape[1], -1) if pointwise_conv else (
+                y if out is None else out.add_(y))
+            spatial = y.shape[2:]
+        start += width
+    if start != conv.in_channels:
+        raise ValueError(f'concat_conv: the parts have {start} channels, '
+                         f'{type(conv).__name__} takes {conv.in_channels}')
+    if pointwise_conv:
+        out = out.reshape(out.shape[0], out.shape[1], *spatial)
+    if conv.bias is not None:
+        out = out.add_(conv.bias.reshape(1, -1, *([1] * (out.dim() - 2))).to(out.dtype))
+    if conv is module:
+        return out
+    for layer in module.order[1:]:
+        if layer == 'norm' and module.with_norm:
+            out = module.norm(out)
+        elif layer == 'act' and module.with_activation:
+            out = module.activate(out)
+    return out

@@ -67,7 +67,8 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_bool, check_int, no_autocast, pointwise, upcast
+from ._base import (ContextBlockBase, check_bool, check_int, concat_conv, no_autocast,
+                    pointwise, upcast)
 from .projected_attention import conv_module
 
 Maps = Dict[str, torch.Tensor]
@@ -170,11 +171,15 @@ class AdaptiveContextBlock(ContextBlockBase):
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Maps]:
         self.check_input(x)
-        outs, maps = [x], {}
-        for acm in self.acm_modules:
-            out, maps[f'affinity_s{acm.pool_scale}'] = acm(x)
-            outs.append(out)
-        return self.bottleneck(torch.cat(outs, dim=1)), maps
+        maps = {}
+
+        def parts():  # each ACM's output made and fused in turn: never all at once
+            yield x
+            for acm in self.acm_modules:
+                out, maps[f'affinity_s{acm.pool_scale}'] = acm(x)
+                yield out
+
+        return concat_conv(self.bottleneck, parts()), maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)[0]

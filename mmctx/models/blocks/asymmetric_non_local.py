@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_cfg, check_int, pointwise
+from ._base import ContextBlockBase, check_cfg, check_int, concat_conv, pointwise
 from .projected_attention import ProjectedAttention, conv_modules
 
 Maps = Dict[str, torch.Tensor]
@@ -219,13 +219,20 @@ class AsymmetricNonLocalBlock(ContextBlockBase):
             raise ValueError(f'query_scales {small} max-pool the queries by more than the '
                              f'input size {tuple(x.shape[2:])}')
         keys = x if key_feats is None else key_feats
-        context, maps = 0, {}
-        for i, stage in enumerate(self.stages):
-            c, weights = stage(x, keys, need_weights)
-            context = context + c
-            if need_weights:
-                maps['pooled' if i == 0 else f'pooled_{i}'] = weights
-        return self.bottleneck(torch.cat([context, x], dim=1)), maps
+        maps = {}
+
+        def parts():  # [context; x], the context dropped once it is fused
+            context = 0
+            for i, stage in enumerate(self.stages):
+                c, weights = stage(x, keys, need_weights)
+                context = context + c
+                if need_weights:
+                    maps['pooled' if i == 0 else f'pooled_{i}'] = weights
+            yield context
+            del context
+            yield x
+
+        return concat_conv(self.bottleneck, parts()), maps
 
     def map_elements(self, x: torch.Tensor, key_feats: Optional[torch.Tensor] = None) -> int:
         """Elements of the maps :meth:`forward_with_attention` forms for ``x``

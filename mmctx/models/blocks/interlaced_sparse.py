@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_cfg, check_int, exporting
+from ._base import ContextBlockBase, check_cfg, check_int, concat_conv, exporting
 from .projected_attention import ProjectedAttention, conv_modules
 
 Maps = Dict[str, torch.Tensor]
@@ -188,7 +188,7 @@ class InterlacedSparseBlock(ContextBlockBase):
         elif padded:
             feats = feats[(slice(None), slice(None)) + tuple(
                 slice(pad // 2, pad // 2 + s) for pad, s in zip(pads, spatial))]
-        out = self.out_conv(torch.cat([feats, x], dim=1))
+        out = concat_conv(self.out_conv, (feats, x))
         maps = {'global': global_map, 'local': local_map} if need_weights else {}
         return out, maps
 

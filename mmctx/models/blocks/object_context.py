@@ -72,7 +72,7 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_int, no_autocast, pointwise, upcast
+from ._base import ContextBlockBase, check_int, concat_conv, no_autocast, pointwise, upcast
 from .attention import softmax_attention
 from .non_local import flatten, unflatten
 from .projected_attention import conv_module
@@ -188,7 +188,7 @@ class ObjectContextBlock(ContextBlockBase):
         soft = self.soft_regions(self.check_regions(x, regions))  # (N, K, L)
         context, relation = self.relation(x, self.object_representations(x, soft),
                                           need_weights)
-        out = self.bottleneck(torch.cat([self.out_project(context), x], dim=1))
+        out = concat_conv(self.bottleneck, (self.out_project(context), x))
         return out, (dict(regions=soft, relation=relation) if need_weights else {})
 
     # --------------------------------------------------------------- forward

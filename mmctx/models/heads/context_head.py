@@ -6,7 +6,7 @@ from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.fcn_head import FCNHead
 
 from ...registry import MODELS
-from ..blocks._base import build_block
+from ..blocks._base import build_block, concat_conv
 
 
 @MODELS.register_module()
@@ -79,5 +79,5 @@ class ContextHead(FCNHead):
             if i == self.block_after:
                 feats = self.block(feats)
         if self.concat_input:
-            feats = self.conv_cat(torch.cat([x, feats], dim=1))
+            feats = concat_conv(self.conv_cat, (x, feats))
         return feats

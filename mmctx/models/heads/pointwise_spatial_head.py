@@ -6,7 +6,7 @@ from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 
 from ...registry import MODELS
-from ..blocks._base import build_block
+from ..blocks._base import build_block, concat_conv
 
 
 @MODELS.register_module()
@@ -61,7 +61,7 @@ class PointwiseSpatialHead(BaseDecodeHead):
 
     def _forward_feature(self, inputs) -> torch.Tensor:
         x = self._transform_inputs(inputs)
-        return self.bottleneck(torch.cat([x, self.psa_block(x)], dim=1))
+        return concat_conv(self.bottleneck, (x, self.psa_block(x)))
 
     def forward(self, inputs) -> torch.Tensor:
         return self.cls_seg(self._forward_feature(inputs))
