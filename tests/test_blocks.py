@@ -669,3 +669,22 @@ def test_concat_conv_under_autocast():
             out = concat_conv(module, iter(parts))
         assert out.dtype == ref.dtype
         torch.testing.assert_close(out.float(), ref.float(), atol=0.05, rtol=0.02)
+
+
+def test_concat_conv_traced_keeps_the_concatenation():
+    """A jit trace (the FLOP counters', like export and compile) sees the one conv of
+    the concatenation, so counted FLOPs and exported graphs are upstream's."""
+    from mmctx.models.blocks._base import concat_conv
+    class Fuse(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(6, 4, 1)
+
+        def forward(self, a, b):
+            return concat_conv(self.conv, (a, b))
+
+    parts = (torch.randn(1, 2, 5, 5), torch.randn(1, 4, 5, 5))
+    graph = torch.jit.trace(Fuse(), parts).inlined_graph
+    kinds = [n.kind() for n in graph.nodes()]
+    assert 'aten::cat' in kinds and kinds.count('aten::_convolution') == 1, kinds
+    assert 'aten::baddbmm_' not in kinds

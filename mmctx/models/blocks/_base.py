@@ -258,10 +258,11 @@ def concat_conv(module: nn.Module, parts: Iterable[torch.Tensor]) -> torch.Tenso
     of the sums (fp32 rounding); the parameters are the module's own, so upstream
     checkpoints load unchanged. ``module``: an ``nn.ConvNd`` or an mmcv ``ConvModule``
     (conv → norm → act); any other layer (grouped, reflect-padded, spectral-normed,
-    conv-BN-fused) gets the concatenation itself.
+    conv-BN-fused), and any traced call (export, ``torch.compile``, the FLOP counters'
+    jit trace), gets the concatenation itself.
     """
     conv = _conv_of(module)
-    if conv is None:
+    if conv is None or traced():  # a traced graph keeps the one conv (upstream's graph)
         return module(torch.cat(list(parts), dim=1))
     ops = (F.conv1d, F.conv2d, F.conv3d)[conv.weight.dim() - 3]
     # a 1×1 conv of stride 1 adds each further part into the output (one batched matrix
