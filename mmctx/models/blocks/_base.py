@@ -236,15 +236,16 @@ def _conv_of(module: nn.Module) -> Optional[nn.Module]:
     ``nn.ConvNd`` (groups 1, zero padding), or the one of an mmcv ``ConvModule`` that runs
     it first, without explicit padding, spectral norm or the fused conv-BN eval."""
     conv = getattr(module, 'conv', module)
-    plain = (type(conv) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and conv.groups == 1
-             and conv.padding_mode == 'zeros' and isinstance(conv.padding, tuple))
-    if not plain or conv is module:
-        return conv if plain else None
-    wrapped = (getattr(module, 'order', ('conv', ))[0] == 'conv'
-               and not getattr(module, 'with_explicit_padding', False)
-               and not getattr(module, 'with_spectral_norm', False)
-               and getattr(module, 'efficient_conv_bn_eval_forward', None) is None)
-    return conv if wrapped and hasattr(module, 'order') else None
+    if type(conv) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d) or conv.groups != 1 \
+            or conv.padding_mode != 'zeros' or not isinstance(conv.padding, tuple):
+        return None
+    if conv is module:
+        return conv
+    runs_first = (getattr(module, 'order', ('', ))[0] == 'conv'
+                  and not getattr(module, 'with_explicit_padding', False)
+                  and not getattr(module, 'with_spectral_norm', False)
+                  and getattr(module, 'efficient_conv_bn_eval_forward', None) is None)
+    return conv if runs_first else None
 
 
 def concat_conv(module: nn.Module, parts: Iterable[torch.Tensor]) -> torch.Tensor:
