@@ -45,44 +45,61 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...registry import MODELS
-from ._base import ContextBlockBase, check_int, no_autocast, pointwise, upcast
+from ._base import ContextBlockBase, check_int, no_autocast, pointwise, traced, upcast
 
 
-def _axis_last(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """``(N, C, *S)`` → ``(N, *S without axis, S_axis, C)``: lines along ``axis``."""
-    return t.movedim(1, -1).movedim(1 + axis, -2)
+def _line_dim(t: torch.Tensor, axis: int) -> int:
+    """The dimension of spatial ``axis`` in a channels-last ``(N, *S, C)`` tensor."""
+    return 1 + axis
 
 
 def _diagonal_mask(size: int, device: torch.device) -> torch.Tensor:
     return torch.eye(size, dtype=torch.bool, device=device)
 
 
-def criss_cross_logits(q: torch.Tensor, k: torch.Tensor) -> List[torch.Tensor]:
-    """The per-axis logits ``E_a`` ``(N, *S, S_a)``, the diagonal masked on every axis
-    but the last. ``q``, ``k``: ``(N, d, *S)``, in the dtype the logits should have."""
+def _logits_last(q: torch.Tensor, k: torch.Tensor) -> List[torch.Tensor]:
+    """:func:`criss_cross_logits` of channels-last ``q``, ``k`` ``(N, *S, d)``.
+
+    The lines along an axis are views ``(N, *others, S_a, d)`` whose channel stride is
+    1, so every product is a batched matrix product of the tensors in place (no copy
+    when the batch dimensions merge into one, e.g. for one image in 2-D)."""
     dim = q.dim() - 2
     neg = torch.finfo(q.dtype).min
     logits = []
     for axis in range(dim):
-        qa, ka = _axis_last(q, axis), _axis_last(k, axis)  # (N, *others, S_a, d)
-        e = qa @ ka.transpose(-1, -2)  # (N, *others, S_a query, S_a key)
-        if axis < dim - 1:
-            e = e.masked_fill(_diagonal_mask(e.shape[-1], e.device), neg)
-        logits.append(e.movedim(-2, 1 + axis))  # (N, *S, S_a)
+        d = _line_dim(q, axis)
+        e = torch.matmul(q.movedim(d, -2), k.movedim(d, -2).transpose(-1, -2))
+        if axis < dim - 1:  # (N, *others, S_a query, S_a key), a fresh tensor
+            e = e.masked_fill_(_diagonal_mask(e.shape[-1], e.device), neg)
+        logits.append(e.movedim(-2, d))  # (N, *S, S_a)
     return logits
+
+
+def _aggregate_last(attn: List[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+    """:func:`criss_cross_aggregate` of channels-last ``v`` ``(N, *S, C)`` →
+    ``(N, *S, C)``, contiguous (the last axis's product is already in that layout;
+    the others are added into it)."""
+    out = None
+    for axis in reversed(range(len(attn))):
+        d = _line_dim(v, axis)
+        o = torch.matmul(attn[axis].movedim(d, -2), v.movedim(d, -2)).movedim(-2, d)
+        out = o if out is None else out.add_(o)
+    return out
+
+
+def criss_cross_logits(q: torch.Tensor, k: torch.Tensor) -> List[torch.Tensor]:
+    """The per-axis logits ``E_a`` ``(N, *S, S_a)``, the diagonal masked on every axis
+    but the last. ``q``, ``k``: ``(N, d, *S)``, in the dtype the logits should have."""
+    return _logits_last(q.movedim(1, -1), k.movedim(1, -1))
 
 
 def criss_cross_aggregate(attn: List[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
     """``o_p = Σ_a Σ_i A_a[p, i] v_{p[a←i]}``: ``attn[a]`` ``(N, *S, S_a)``, ``v``
     ``(N, C, *S)`` → ``(N, C, *S)``."""
-    out = 0
-    for axis, a in enumerate(attn):
-        aa = a.movedim(1 + axis, -2)  # (N, *others, S_a query, S_a key)
-        o = aa @ _axis_last(v, axis)  # (N, *others, S_a, C)
-        out = out + o.movedim(-2, 1 + axis).movedim(-1, 1)  # (N, C, *S)
-    return out
+    return _aggregate_last(attn, v.movedim(1, -1)).movedim(-1, 1)
 
 
 def criss_cross_dense(attn: List[torch.Tensor]) -> torch.Tensor:
@@ -149,29 +166,63 @@ class CrissCrossBlock(ContextBlockBase):
             conv.reset_parameters()
         nn.init.zeros_(self.gamma)
 
-    def attention(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """One pass's weights ``A_a`` ``(N, *S, S_a)`` (fp32 or fp64; they sum to 1
-        over all branches) and the values ``(N, C, *S)``."""
-        q, k, v = self.query_conv(x), self.key_conv(x), self.value_conv(x)
+    def _pass(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """One pass ``x + γ·o`` on a channels-last ``x`` ``(N, *S, C)`` (any strides)
+        → a contiguous channels-last output and the weights ``A_a`` ``(N, *S, S_a)``
+        (fp32 or fp64; they sum to 1 over all branches).
+
+        The three 1×1 convolutions run as one product with their weights stacked
+        (``(N, *S, C) × (C, 2C/r + C)``): q, k, v come out channels-last, the layout in
+        which every line's product reads them in place."""
+        convs = (self.query_conv, self.key_conv, self.value_conv)
+        weight = torch.cat([c.weight.flatten(1) for c in convs])
+        bias = torch.cat([c.bias for c in convs])
+        q, k, v = F.linear(x, weight, bias).split(
+            [self.inter_channels, self.inter_channels, self.in_channels], dim=-1)
         with no_autocast(x):
-            logits = criss_cross_logits(upcast(q), upcast(k))
+            logits = _logits_last(upcast(q), upcast(k))
             sizes = [e.shape[-1] for e in logits]
-            attn = torch.cat(logits, dim=-1).softmax(dim=-1)  # (N, *S, ΣS_a)
-        return list(attn.split(sizes, dim=-1)), v
+            attn = list(torch.cat(logits, dim=-1).softmax(dim=-1).split(sizes, dim=-1))
+            out = _aggregate_last(attn, upcast(v).to(attn[0].dtype))
+        if out.dtype == x.dtype:
+            return torch.addcmul(x, out, self.gamma), attn  # x + γ·o in one pass
+        return (self.gamma * out).to(x.dtype) + x, attn
+
+    def _run(self, x: torch.Tensor, passes: int,
+             keep_weights: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """``passes`` passes on ``x`` ``(N, C, *S)``; the last pass's weights if
+        ``keep_weights``. In eager mode images go one at a time (their lines' batch
+        dimensions then merge and no operand is copied), each turned channels-last once
+        and back once; traced graphs keep the batch."""
+        if traced():  # one graph for any batch size
+            y = x.movedim(1, -1)
+            for _ in range(passes):
+                y, weights = self._pass(y)
+            return y.movedim(-1, 1).contiguous(), weights if keep_weights else []
+        channels, spatial = x.shape[1], x.shape[2:]
+        outs, weights = [], []
+        for part in x.split(1):
+            # (C, L) → (L, C) as one 2-D transpose (the fastest copy for it on CPU);
+            # every pass then reads and writes contiguous channels-last tensors
+            y = part.reshape(channels, -1).t().contiguous().view(1, *spatial, channels)
+            for _ in range(passes):
+                y, attn = self._pass(y)
+            outs.append(y.reshape(-1, channels).t().contiguous().view(1, channels, *spatial))
+            if keep_weights:
+                weights.append(attn)
+        if keep_weights:
+            weights = [torch.cat(a) for a in zip(*weights)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs), weights
 
     def step(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """One pass ``x + γ·o`` and its weights."""
-        attn, v = self.attention(x)
-        with no_autocast(x):
-            out = criss_cross_aggregate(attn, upcast(v).to(attn[0].dtype))
-        return x + (self.gamma * out).to(x.dtype), attn
+        """One pass ``x + γ·o`` (``(N, C, *S)``) and its weights ``A_a`` ``(N, *S,
+        S_a)``."""
+        return self._run(x, 1, keep_weights=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Memory ``O(L·ΣS_a)``: no ``L×L`` map is formed."""
         self.check_input(x)
-        for _ in range(self.recurrence):
-            x = self.step(x)[0]
-        return x
+        return self._run(x, self.recurrence, keep_weights=False)[0]
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict]:
         """The output and ``{'pairwise': (N, L, L)}``: the criss-cross weights written
@@ -183,8 +234,7 @@ class CrissCrossBlock(ContextBlockBase):
         pass adds its input and applies ``value_conv``.)
         """
         self.check_input(x)
-        for _ in range(self.recurrence):
-            x, attn = self.step(x)
+        x, attn = self._run(x, self.recurrence, keep_weights=True)
         return x, {'pairwise': criss_cross_dense(attn)}
 
     def extra_repr(self) -> str:
