@@ -184,6 +184,11 @@ class CrissCrossBlock(ContextBlockBase):
             sizes = [e.shape[-1] for e in logits]
             attn = list(torch.cat(logits, dim=-1).softmax(dim=-1).split(sizes, dim=-1))
             out = _aggregate_last(attn, upcast(v).to(attn[0].dtype))
+        if not x.is_contiguous() and not traced():
+            # a channels-last view of an NCHW input (the first pass): the product above
+            # read it in place (and keeps that for backward); the residual gets a
+            # contiguous copy by one 2-D transpose, freed after the sum
+            x = x.movedim(-1, 1).reshape(x.shape[-1], -1).t().contiguous().view(x.shape)
         if out.dtype == x.dtype:
             return torch.addcmul(x, out, self.gamma), attn  # x + γ·o in one pass
         return (self.gamma * out).to(x.dtype) + x, attn
@@ -202,9 +207,9 @@ class CrissCrossBlock(ContextBlockBase):
         channels, spatial = x.shape[1], x.shape[2:]
         outs, weights = [], []
         for part in x.split(1):
-            # (C, L) → (L, C) as one 2-D transpose (the fastest copy for it on CPU);
-            # every pass then reads and writes contiguous channels-last tensors
-            y = part.reshape(channels, -1).t().contiguous().view(1, *spatial, channels)
+            # every pass writes a contiguous channels-last output; the output goes back
+            # to (C, L) by one 2-D transpose (the fastest copy for it on CPU)
+            y = part.contiguous().movedim(1, -1)  # a view
             for _ in range(passes):
                 y, attn = self._pass(y)
             outs.append(y.reshape(-1, channels).t().contiguous().view(1, channels, *spatial))
