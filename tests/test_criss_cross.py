@@ -278,3 +278,29 @@ def test_forward_keeps_no_dense_map_for_backward():
     dense = 24 * 20 * 24 * 20
     saved = largest_saved_for_backward(block, x)
     assert 24 * 20 * (24 + 20 - 1) <= saved < dense / 8  # the logits, not the map
+
+
+@pytest.mark.parametrize('dim', [2, 3])
+def test_input_layouts(dim):
+    """The eager path (images one at a time, channels-last passes) gives the same output
+    for NCHW, channels_last and other strided inputs, and the gradient reaches x."""
+    block = randomize(CrissCrossBlock(8, reduction=4, recurrence=2, dim=dim), gamma=0.7,
+                      seed=5).double()
+    size = (4, 5) if dim == 2 else (2, 3, 4)
+    x = torch.randn(3, 8, *size, dtype=torch.float64)
+    with torch.no_grad():
+        expected = torch.cat([reference(block, reference(block, x[i:i + 1]))
+                              for i in range(3)])
+    fmt = torch.channels_last if dim == 2 else torch.channels_last_3d
+    strided = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    grads = []
+    for inp in (x, x.to(memory_format=fmt), strided):
+        inp = inp.clone().requires_grad_()
+        y = block(inp)
+        assert y.is_contiguous()
+        torch.testing.assert_close(y, expected)
+        y.square().sum().backward()
+        grads.append(inp.grad)
+    assert grads[0].abs().sum() > 0
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0])

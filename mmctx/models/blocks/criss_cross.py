@@ -209,7 +209,9 @@ class CrissCrossBlock(ContextBlockBase):
         for part in x.split(1):
             # every pass writes a contiguous channels-last output; the output goes back
             # to (C, L) by one 2-D transpose (the fastest copy for it on CPU)
-            y = part.contiguous().movedim(1, -1)  # a view
+            y = part.movedim(1, -1)  # a view: of NCHW, or contiguous (channels_last)
+            if not (y.is_contiguous() or part.is_contiguous()):
+                y = part.contiguous().movedim(1, -1)
             for _ in range(passes):
                 y, attn = self._pass(y)
             outs.append(y.reshape(-1, channels).t().contiguous().view(1, channels, *spatial))
