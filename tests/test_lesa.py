@@ -265,8 +265,9 @@ def test_efficient_equals_explicit(pe_type, path, train, size, monkeypatch):
 @pytest.mark.parametrize('chunk', [None, 7])  # one chunk / several, the last partial
 @pytest.mark.parametrize('train', [False, True])  # α, β per chunk / batch statistics
 def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
-    """Without a gradient the 2-D relative chunks share one logits buffer and write into
-    one output (no allocation per chunk); in eval α and β are made per chunk: same
+    """Without a gradient the 2-D relative chunks (one head of one image each) share one
+    logits buffer and write into one output (no allocation per chunk); in eval α and β
+    are made per chunk: same
     outputs as the explicit path, and the block's input is left as it was."""
     torch.manual_seed(3)
     block = randomized(LESABlock(16, num_heads=2, pe_size=8)).double().train(train)
@@ -276,9 +277,10 @@ def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
         block.relative_inference_chunk_elements = 2 * 2 * size[0] * size[1] * chunk
     x = torch.randn(2, 16, *size, dtype=torch.double)
     x0 = x.clone()
-    buffered, chunk_fn = [], LESABlock._relative_chunk
-    monkeypatch.setattr(LESABlock, '_relative_chunk', staticmethod(
-        lambda *a: buffered.append(len(a) == 6 and a[5] is not None) or chunk_fn(*a)))
+    calls, chunk_fn = [], LESABlock._relative_chunk_into
+    monkeypatch.setattr(LESABlock, '_relative_chunk', None)  # the training form: unused
+    monkeypatch.setattr(LESABlock, '_relative_chunk_into', staticmethod(
+        lambda *a: calls.append((a[0].shape[0], a[5].data_ptr())) or chunk_fn(*a)))
     with getattr(torch, mode)():
         fast = block(x)
         slow, _ = twin.forward_with_attention(x)
@@ -286,8 +288,13 @@ def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(again, fast, rtol=0, atol=0)
     torch.testing.assert_close(x, x0, rtol=0, atol=0)
-    chunks = 1 if chunk is None else -(-size[0] * size[1] // chunk)  # 15, the last of 1
-    assert buffered == [True] * (2 * chunks)
+    # one head of one image per chunk (2 images × 2 heads), 4·7 queries per chunk: 4
+    # chunks per head, the last of 15
+    length = size[0] * size[1]
+    rows = length if chunk is None else 4 * chunk
+    sizes = [min(rows, length - s) for s in range(0, length, rows)]
+    assert [c for c, _ in calls] == [c for c in sizes for _ in range(4)] * 2
+    assert len({p for _, p in calls[:len(calls) // 2]}) == 1  # one buffer per call
     assert not torch.allclose(fast, block.unary_term(x).detach())  # the binary term counts
 
 

@@ -462,26 +462,38 @@ class LESABlock(ContextBlockBase):
     # --- binary term: memory-efficient --------------------------------------------
     #: the 2-D relative form's chunks hold at most this many logits (N·heads·queries·L)
     relative_chunk_elements = 1 << 24
-    #: the same without a gradient (one logits buffer for all chunks)
+    #: the same without a gradient, for one head of one image (queries·L; one logits
+    #: buffer for all chunks): 2²⁴ = 512 queries at 128×256
     relative_inference_chunk_elements = 1 << 24
 
     @staticmethod
-    def _relative_chunk(q, k, v, alpha, beta, buffer=None):
+    def _relative_chunk(q, k, v, alpha, beta):
         """``softmax(q kᵀ + α[y_j] + β[x_j]) v`` for a chunk of queries (``(B, c, ·)``,
-        ``B`` = N·heads): the relative logits are added to the ``q kᵀ`` product as
-        broadcasts over the key grid (``(c, H, 1)`` then ``(c, 1, W)``), in place, not
-        as extra attention dimensions. Without a gradient the logits go to ``buffer``
-        (one allocation for all chunks: thousands of fresh ones fragmented the heap
-        into gigabytes at 128×256) and the softmax is in place."""
+        ``B`` = N·heads), the training form (each chunk is recomputed in backward): the
+        relative logits are added to the ``q kᵀ`` product as broadcasts over the key
+        grid (``(c, H, 1)`` then ``(c, 1, W)``), in place, not as extra attention
+        dimensions. Without a gradient :meth:`_relative_chunk_into` runs instead."""
         b, c, _ = q.shape
         h, w = alpha.shape[-1], beta.shape[-1]
-        kt = k.transpose(1, 2)
-        logits = (torch.bmm(q, kt) if buffer is None else
-                  torch.bmm(q, kt, out=buffer[:b * c * k.shape[1]].view(b, c, -1)))
+        logits = torch.bmm(q, k.transpose(1, 2))
         logits.view(b, c, h, w).add_(alpha.unsqueeze(-1)).add_(beta.unsqueeze(-2))
-        if buffer is None:
-            return torch.bmm(logits.softmax(-1), v)
-        return torch.bmm(torch.ops.aten._softmax.out(logits, -1, False, out=logits), v)
+        return torch.bmm(logits.softmax(-1), v)
+
+    @staticmethod
+    def _relative_chunk_into(q, k, v, alpha, beta, buffer, out) -> None:
+        """:meth:`_relative_chunk` of one head without a gradient, in place: ``q (c,
+        d)``, ``k (L, d)``, ``v (L, dv)``, ``α (c, H)``, ``β (c, W)`` → ``out (c,
+        dv)``. The relative logits ``α[y_j] + β[x_j]`` are written into ``buffer`` first
+        (one broadcast sum) and ``q kᵀ`` is accumulated onto them by the product itself
+        (``addmm``, no extra pass over the logits); softmax in place; ``· v`` into
+        ``out``."""
+        c, length = q.shape[0], k.shape[0]
+        logits = buffer[:c * length].view(c, length)
+        torch.add(alpha.unsqueeze(-1), beta.unsqueeze(-2),
+                  out=logits.view(c, alpha.shape[-1], beta.shape[-1]))
+        torch.addmm(logits, q, k.t(), out=logits)
+        torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+        torch.mm(logits, v, out=out)
 
     def _relative_attention(self, q, k, v, terms, grad: bool):
         """The 2-D relative attention (scaled ``q``) over chunks of queries, so at most
@@ -491,7 +503,9 @@ class LESABlock(ContextBlockBase):
         zero-padded values (it remains the path of exported and compiled graphs: one
         op, any size). ``terms(start, c)`` gives the chunk's scaled ``α (B, c, H)`` and
         ``β (B, c, W)``. With ``grad`` each chunk is recomputed in backward; without,
-        one logits buffer serves every chunk and they write into one output."""
+        one logits buffer serves every chunk (one head of one image each:
+        ``relative_inference_chunk_elements // L`` queries) and they write into one
+        output."""
         n, g, length, _ = q.shape
         b, dv = n * g, v.shape[-1]
         # (B, L, ·) and contiguous once: every chunk multiplies by all of k and v
@@ -506,11 +520,17 @@ class LESABlock(ContextBlockBase):
                      for s in starts]
             out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         else:
+            # one head of one image per chunk, so a chunk of the same logits has more
+            # queries (larger products) than one spanning all heads
             out = q.new_empty(b, length, dv)
-            buffer = q.new_empty(b * chunk * length)
-            for s in starts:
-                out[:, s:s + chunk] = self._relative_chunk(
-                    q[:, s:s + chunk], k, v, *terms(s, min(chunk, length - s)), buffer)
+            rows = min(length, max(1, elements // length))
+            buffer = q.new_empty(rows * length)
+            for s in range(0, length, rows):
+                c = min(rows, length - s)
+                alpha, beta = terms(s, c)
+                for i in range(b):
+                    self._relative_chunk_into(q[i, s:s + c], k[i], v[i], alpha[i], beta[i],
+                                              buffer, out[i, s:s + c])
         return out.view(n, g, length, dv)
 
     def _chunk_relative_terms(self, q_rel: torch.Tensor, h: int, w: int):
