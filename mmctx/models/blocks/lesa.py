@@ -470,13 +470,15 @@ class LESABlock(ContextBlockBase):
     def _relative_chunk(q, k, v, alpha, beta):
         """``softmax(q kᵀ + α[y_j] + β[x_j]) v`` for a chunk of queries (``(B, c, ·)``,
         ``B`` = N·heads), the training form (each chunk is recomputed in backward): the
-        relative logits are added to the ``q kᵀ`` product as broadcasts over the key
-        grid (``(c, H, 1)`` then ``(c, 1, W)``), in place, not as extra attention
-        dimensions. Without a gradient :meth:`_relative_chunk_into` runs instead."""
+        relative logits ``α[y_j] + β[x_j]`` as one broadcast sum over the key grid (not
+        as extra attention dimensions), ``q kᵀ`` accumulated onto it by ``baddbmm``.
+        Out of place on purpose: adding α and β in place to a view of the product made
+        autograd copy each chunk's logits gradient twice in backward (LESA C=256 at
+        64×64, forward+backward: 3.6 s before, 2.6 s after, same host, back to back).
+        Without a gradient :meth:`_relative_chunk_into` runs instead."""
         b, c, _ = q.shape
-        h, w = alpha.shape[-1], beta.shape[-1]
-        logits = torch.bmm(q, k.transpose(1, 2))
-        logits.view(b, c, h, w).add_(alpha.unsqueeze(-1)).add_(beta.unsqueeze(-2))
+        bias = (alpha.unsqueeze(-1) + beta.unsqueeze(-2)).view(b, c, -1)
+        logits = torch.baddbmm(bias, q, k.transpose(1, 2))
         return torch.bmm(logits.softmax(-1), v)
 
     @staticmethod
