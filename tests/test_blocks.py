@@ -432,6 +432,49 @@ def test_kept_map_equals_the_fused_kernel(dtype, shapes, monkeypatch):
             torch.testing.assert_close(a, r, **tol)
 
 
+@pytest.mark.parametrize('mode', ['no_grad', 'inference_mode', 'no_requires_grad'])
+@pytest.mark.parametrize('dtype, shapes', [
+    (torch.float64, (2, 37, 29, 5, 7)),  # d < dv (DANet's PAM: 64 vs 512)
+    (torch.float32, (3, 50, 41, 24, 8)),  # d > dv
+])
+def test_unpadded_query_chunks_without_grad(mode, dtype, shapes, monkeypatch):
+    """Without a gradient, q/k and v of different widths run as query chunks (no
+    zero-padding for the fused kernel, one logits buffer): the fused kernel's values,
+    across several chunks and images, the last chunk partial; equal widths and traced
+    calls keep the fused kernel."""
+    monkeypatch.setattr(attention, 'INFERENCE_CHUNK_ELEMENTS', 12 * shapes[2])  # 12 rows
+    torch.manual_seed(1)
+    b, lq, lk, d, dv = shapes
+    q, k, v = (torch.randn(b, n, c, dtype=dtype) for n, c in ((lq, d), (lk, d), (lk, dv)))
+    ref = F.scaled_dot_product_attention(
+        F.pad(q, (0, max(d, dv) - d)).unsqueeze(1), F.pad(k, (0, max(d, dv) - d)).unsqueeze(1),
+        F.pad(v, (0, max(d, dv) - dv)).unsqueeze(1), scale=0.4).squeeze(1)[..., :dv]
+    chunks, sdpa = [], []
+    chunked = attention._chunked_attention
+    monkeypatch.setattr(attention, '_chunked_attention',
+                        lambda *a: chunks.append(a[0].shape) or chunked(*a))
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, 'scaled_dot_product_attention',
+                        lambda *a, **kw: sdpa.append(1) or fused(*a, **kw))
+    if mode == 'no_requires_grad':
+        out, weights = attention.softmax_attention(q, k, v, 0.4)
+    else:
+        with getattr(torch, mode)():
+            out, weights = attention.softmax_attention(q, k, v, 0.4)
+    assert weights is None and chunks == [q.shape] and not sdpa
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5)
+    explicit, _ = attention.softmax_attention(q, k, v, 0.4, need_weights=True)
+    torch.testing.assert_close(out, explicit, rtol=0,
+                               atol=1e-12 if dtype == torch.float64 else 1e-5)
+    # equal widths, a gradient, a trace: the fused kernel / the kept map as before
+    attention.softmax_attention(q, k, q.clone(), 0.4)
+    with attention.map_budget(0):
+        attention.softmax_attention(q.requires_grad_(), k, v, 0.4)
+    monkeypatch.setattr(attention, 'traced', lambda: True)
+    attention.softmax_attention(q.detach(), k, v, 0.4)
+    assert len(chunks) == 1 and len(sdpa) == 3
+
+
 def test_kept_map_gradcheck():
     q, k, v = (torch.randn(2, n, 3, dtype=torch.float64, requires_grad=True)
                for n in (6, 5, 5))

@@ -16,7 +16,9 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   instead (:class:`KeptMapAttention`): forward and backward are then six large
   matrix products and no recomputation (on the 2-core EPYC of the README, NL
   forward+backward at 64×128 about 10 % faster than the fused kernel), at the cost
-  of the map's memory until backward;
+  of the map's memory until backward. On CPU without a gradient, when q/k and v
+  differ in width, chunks of queries run instead (:func:`_chunked_attention`: no
+  zero-padding, at most :data:`INFERENCE_CHUNK_ELEMENTS` logits at a time);
 * dot product: ``(q kᵀ / Lk) v = q (kᵀ v) / Lk`` — re-associated, so time and memory
   are linear in the number of positions (stronger than chunking, same result up to
   rounding);
@@ -55,6 +57,8 @@ MAP_BUDGET_MB = 512.
 #: buffer is ``rows × Lk``; 512 measured best among 256–8192 on the README's machine)
 KEPT_MAP_ROWS = 512
 _budget_override: Optional[float] = None
+#: logits per query chunk of :func:`_chunked_attention` (64 MiB in fp32)
+INFERENCE_CHUNK_ELEMENTS = 1 << 24
 
 
 def check_map_budget(value) -> float:
@@ -162,6 +166,36 @@ def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return size <= map_budget_bytes(budget_mb)
 
 
+def _chunks_unpadded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """On CPU, without a gradient, eager: query chunks instead of the fused kernel when
+    q/k and v differ in width (the fused kernel would need them zero-padded to one)."""
+    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
+    return (q.device.type == 'cpu' and not (torch.is_grad_enabled() and needs_grad)
+            and not traced())
+
+
+def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+    """``softmax(scale · q kᵀ) v`` without a gradient over chunks of queries (one image
+    at a time, at most :data:`INFERENCE_CHUNK_ELEMENTS` logits per chunk, one buffer
+    for all chunks): ``2·L²·(d + dv)`` FLOPs where the fused kernel on q/k zero-padded
+    to ``dv`` runs ``4·L²·dv`` (DANet's PAM: d = 64, dv = 512 — 1.8× the work)."""
+    batch, num_queries, num_keys = q.shape[0], q.shape[1], k.shape[1]
+    rows = min(num_queries, max(1, INFERENCE_CHUNK_ELEMENTS // num_keys))
+    qs = q * scale
+    out = v.new_empty(batch, num_queries, v.shape[-1])
+    buffer = q.new_empty(rows * num_keys)
+    for b in range(batch):
+        kt = k[b].t()
+        for start in range(0, num_queries, rows):
+            stop = min(start + rows, num_queries)
+            logits = buffer[:(stop - start) * num_keys].view(stop - start, num_keys)
+            torch.mm(qs[b, start:stop], kt, out=logits)
+            torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # in place
+            torch.mm(logits, v[b], out=out[b, start:stop])
+    return out
+
+
 def _fp32(*tensors: torch.Tensor):
     """Half-precision tensors to fp32 (fp32 / fp64 stay as they are), contiguous."""
     return [upcast(t).contiguous() for t in tensors]
@@ -182,6 +216,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             return torch.bmm(weights, v).to(dtype), weights
         if _keeps_map(q, k, v, budget_mb):
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
+        if q.shape[-1] != v.shape[-1] and _chunks_unpadded(q, k, v):
+            return _chunked_attention(q, k, v, float(scale)).to(dtype), None
         # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
         # zero-padded (zeros change no dot product and give zero output columns)
         d, dv = q.shape[-1], v.shape[-1]
