@@ -151,27 +151,27 @@ class KeptMapAttention(torch.autograd.Function):
         return dq.mul_(ctx.scale), dk, dv, None
 
 
+def _eager_cpu(q: torch.Tensor) -> bool:
+    """On CPU and not traced: the paths with Python loops may run. Traced graphs take
+    the fused kernel (one op, no Python loop; the FLOP counters of mmctx.analysis and
+    tools/benchmark_blocks.py see it as the attention); CUDA's fused kernels are left
+    to do their own work."""
+    return q.device.type == 'cpu' and not traced()
+
+
+def _needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                        or v.requires_grad)
+
+
 def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                budget_mb: Optional[float]) -> bool:
-    """On CPU, in training (a gradient reaches q, k or v), eager, and the map fits the
-    budget (CUDA's fused kernels are left to do their own work)."""
-    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
-    if q.device.type != 'cpu' or not (torch.is_grad_enabled() and needs_grad):
-        return False
-    if traced():
-        # traced graphs take the fused kernel: one op, no Python loop; FLOP counters
-        # (mmctx.analysis, tools/benchmark_blocks.py) see it as the attention
+    """Eager on CPU, in training (a gradient reaches q, k or v), and the map fits the
+    budget."""
+    if not (_eager_cpu(q) and _needs_grad(q, k, v)):
         return False
     size = q.shape[0] * q.shape[1] * k.shape[1] * q.element_size()
     return size <= map_budget_bytes(budget_mb)
-
-
-def _chunks_unpadded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """On CPU, without a gradient, eager: query chunks instead of the fused kernel when
-    q/k and v differ in width (the fused kernel would need them zero-padded to one)."""
-    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
-    return (q.device.type == 'cpu' and not (torch.is_grad_enabled() and needs_grad)
-            and not traced())
 
 
 def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -216,7 +216,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             return torch.bmm(weights, v).to(dtype), weights
         if _keeps_map(q, k, v, budget_mb):
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
-        if q.shape[-1] != v.shape[-1] and _chunks_unpadded(q, k, v):
+        if q.shape[-1] != v.shape[-1] and _eager_cpu(q) and not _needs_grad(q, k, v):
+            # the fused kernel would need q/k zero-padded to the value width
             return _chunked_attention(q, k, v, float(scale)).to(dtype), None
         # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
         # zero-padded (zeros change no dot product and give zero output columns)

@@ -51,11 +51,6 @@ from ...registry import MODELS
 from ._base import ContextBlockBase, check_int, no_autocast, pointwise, traced, upcast
 
 
-def _line_dim(t: torch.Tensor, axis: int) -> int:
-    """The dimension of spatial ``axis`` in a channels-last ``(N, *S, C)`` tensor."""
-    return 1 + axis
-
-
 def _diagonal_mask(size: int, device: torch.device) -> torch.Tensor:
     return torch.eye(size, dtype=torch.bool, device=device)
 
@@ -70,7 +65,7 @@ def _logits_last(q: torch.Tensor, k: torch.Tensor) -> List[torch.Tensor]:
     neg = torch.finfo(q.dtype).min
     logits = []
     for axis in range(dim):
-        d = _line_dim(q, axis)
+        d = 1 + axis  # the axis's dimension in (N, *S, d)
         e = torch.matmul(q.movedim(d, -2), k.movedim(d, -2).transpose(-1, -2))
         if axis < dim - 1:  # (N, *others, S_a query, S_a key), a fresh tensor
             e = e.masked_fill_(_diagonal_mask(e.shape[-1], e.device), neg)
@@ -84,7 +79,7 @@ def _aggregate_last(attn: List[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
     the others are added into it)."""
     out = None
     for axis in reversed(range(len(attn))):
-        d = _line_dim(v, axis)
+        d = 1 + axis
         o = torch.matmul(attn[axis].movedim(d, -2), v.movedim(d, -2)).movedim(-2, d)
         out = o if out is None else out.add_(o)
     return out

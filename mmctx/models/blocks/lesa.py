@@ -512,20 +512,17 @@ class LESABlock(ContextBlockBase):
         b, dv = n * g, v.shape[-1]
         # (B, L, ·) and contiguous once: every chunk multiplies by all of k and v
         q, k, v = (t.reshape(b, length, t.shape[-1]).contiguous() for t in (q, k, v))
-        elements = (self.relative_chunk_elements if grad
-                    else self.relative_inference_chunk_elements)
-        chunk = min(length, max(1, elements // max(1, b * length)))
-        starts = range(0, length, chunk)
         if grad:
+            chunk = min(length, max(1, self.relative_chunk_elements // max(1, b * length)))
             parts = [cp.checkpoint(self._relative_chunk, q[:, s:s + chunk], k, v,
                                    *terms(s, min(chunk, length - s)), use_reentrant=False)
-                     for s in starts]
+                     for s in range(0, length, chunk)]
             out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         else:
             # one head of one image per chunk, so a chunk of the same logits has more
             # queries (larger products) than one spanning all heads
             out = q.new_empty(b, length, dv)
-            rows = min(length, max(1, elements // length))
+            rows = min(length, max(1, self.relative_inference_chunk_elements // length))
             buffer = q.new_empty(rows * length)
             for s in range(0, length, rows):
                 c = min(rows, length - s)
