@@ -436,15 +436,23 @@ def test_kept_map_equals_the_fused_kernel(dtype, shapes, monkeypatch):
 @pytest.mark.parametrize('dtype, shapes', [
     (torch.float64, (2, 37, 29, 5, 7)),  # d < dv (DANet's PAM: 64 vs 512)
     (torch.float32, (3, 50, 41, 24, 8)),  # d > dv
+    (torch.float32, (5, 9, 11, 3, 6)),  # small maps: whole images per chunk
 ])
 def test_unpadded_query_chunks_without_grad(mode, dtype, shapes, monkeypatch):
     """Without a gradient, q/k and v of different widths run as query chunks (no
     zero-padding for the fused kernel, one logits buffer): the fused kernel's values,
-    across several chunks and images, the last chunk partial; equal widths and traced
-    calls keep the fused kernel."""
-    monkeypatch.setattr(attention, 'INFERENCE_CHUNK_ELEMENTS', 12 * shapes[2])  # 12 rows
-    torch.manual_seed(1)
+    across several chunks and images, the last chunk partial (12 query rows of one
+    image per chunk; for the small maps, 2 whole images per chunk as batched products);
+    equal widths and traced calls keep the fused kernel."""
     b, lq, lk, d, dv = shapes
+    small = lq * lk < 100
+    monkeypatch.setattr(attention, 'INFERENCE_CHUNK_ELEMENTS',
+                        2 * lq * lk if small else 12 * lk)
+    bmm_batches = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, 'bmm', lambda a, *r, **kw: bmm_batches.append(a.shape[0])
+                        or bmm(a, *r, **kw))
+    torch.manual_seed(1)
     q, k, v = (torch.randn(b, n, c, dtype=dtype) for n, c in ((lq, d), (lk, d), (lk, dv)))
     ref = F.scaled_dot_product_attention(
         F.pad(q, (0, max(d, dv) - d)).unsqueeze(1), F.pad(k, (0, max(d, dv) - d)).unsqueeze(1),
@@ -462,6 +470,9 @@ def test_unpadded_query_chunks_without_grad(mode, dtype, shapes, monkeypatch):
         with getattr(torch, mode)():
             out, weights = attention.softmax_attention(q, k, v, 0.4)
     assert weights is None and chunks == [q.shape] and not sdpa
+    # two products per chunk: batches of 2 images (the last one partial) or none
+    assert bmm_batches == ([2, 2, 2, 2, 1, 1] if small else [])
+    monkeypatch.setattr(torch, 'bmm', bmm)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5)
     explicit, _ = attention.softmax_attention(q, k, v, 0.4, need_weights=True)
     torch.testing.assert_close(out, explicit, rtol=0,

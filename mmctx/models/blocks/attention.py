@@ -176,14 +176,28 @@ def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        scale: float) -> torch.Tensor:
-    """``softmax(scale · q kᵀ) v`` without a gradient over chunks of queries (one image
-    at a time, at most :data:`INFERENCE_CHUNK_ELEMENTS` logits per chunk, one buffer
-    for all chunks): ``2·L²·(d + dv)`` FLOPs where the fused kernel on q/k zero-padded
-    to ``dv`` runs ``4·L²·dv`` (DANet's PAM: d = 64, dv = 512 — 1.8× the work)."""
+    """``softmax(scale · q kᵀ) v`` without a gradient over chunks of queries, at most
+    :data:`INFERENCE_CHUNK_ELEMENTS` logits per chunk, one buffer for all chunks:
+    ``2·L²·(d + dv)`` FLOPs where the fused kernel on q/k zero-padded to ``dv`` runs
+    ``4·L²·dv`` (DANet's PAM: d = 64, dv = 512 — 1.8× the work). A chunk is part of
+    one image's queries or, when whole images fit, as many images as fit (batched
+    products: ISA's 8×8 local groups are thousands of 64×64 maps)."""
     batch, num_queries, num_keys = q.shape[0], q.shape[1], k.shape[1]
-    rows = min(num_queries, max(1, INFERENCE_CHUNK_ELEMENTS // num_keys))
     qs = q * scale
     out = v.new_empty(batch, num_queries, v.shape[-1])
+    per_image = num_queries * num_keys
+    if per_image <= INFERENCE_CHUNK_ELEMENTS:  # whole images per chunk
+        images = min(batch, INFERENCE_CHUNK_ELEMENTS // per_image)
+        buffer = q.new_empty(images * per_image)
+        for start in range(0, batch, images):
+            stop = min(start + images, batch)
+            logits = buffer[:(stop - start) * per_image].view(stop - start, num_queries,
+                                                               num_keys)
+            torch.bmm(qs[start:stop], k[start:stop].transpose(1, 2), out=logits)
+            torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # in place
+            torch.bmm(logits, v[start:stop], out=out[start:stop])
+        return out
+    rows = max(1, INFERENCE_CHUNK_ELEMENTS // num_keys)
     buffer = q.new_empty(rows * num_keys)
     for b in range(batch):
         kt = k[b].t()
