@@ -1,6 +1,7 @@
 """The attention cores shared by every pairwise (query-specific) block.
 
-Every function takes flattened, contiguous tensors ``q (B, Lq, d)``, ``k (B, Lk, d)``,
+Every function takes flattened tensors (any strides: each path makes contiguous copies only
+where its kernel needs them) ``q (B, Lq, d)``, ``k (B, Lk, d)``,
 ``v (B, Lk, dv)`` and returns ``(y (B, Lq, dv), weights)``, where ``weights`` is the
 ``(B, Lq, Lk)`` attention map when ``need_weights=True`` (the *explicit* path, used
 for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
@@ -181,10 +182,15 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``2·L²·(d + dv)`` FLOPs where the fused kernel on q/k zero-padded to ``dv`` runs
     ``4·L²·dv`` (DANet's PAM: d = 64, dv = 512 — 1.8× the work). A chunk is part of
     one image's queries or, when whole images fit, as many images as fit (batched
-    products: ISA's 8×8 local groups are thousands of 64×64 maps)."""
+    products: ISA's 8×8 local groups are thousands of 64×64 maps).
+
+    ``q``, ``k``, ``v`` may be any strided views (e.g. ``(N, C, L)`` conv outputs
+    transposed: the products read them as they are, no copy), and the result is
+    ``(B, Lq, dv)`` as a transposed view of a contiguous ``(B, dv, Lq)`` tensor (each
+    chunk's ``vᵀ Pᵀ``): the channels-first layout the blocks' convs take next."""
     batch, num_queries, num_keys = q.shape[0], q.shape[1], k.shape[1]
     qs = q * scale
-    out = v.new_empty(batch, num_queries, v.shape[-1])
+    out = v.new_empty(batch, v.shape[-1], num_queries)  # (B, dv, Lq)
     per_image = num_queries * num_keys
     if per_image <= INFERENCE_CHUNK_ELEMENTS:  # whole images per chunk
         images = min(batch, INFERENCE_CHUNK_ELEMENTS // per_image)
@@ -195,19 +201,20 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                                                num_keys)
             torch.bmm(qs[start:stop], k[start:stop].transpose(1, 2), out=logits)
             torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # in place
-            torch.bmm(logits, v[start:stop], out=out[start:stop])
-        return out
+            torch.bmm(v[start:stop].transpose(1, 2), logits.transpose(1, 2),
+                      out=out[start:stop])
+        return out.transpose(1, 2)
     rows = max(1, INFERENCE_CHUNK_ELEMENTS // num_keys)
     buffer = q.new_empty(rows * num_keys)
     for b in range(batch):
-        kt = k[b].t()
+        kt, vt = k[b].t(), v[b].t()
         for start in range(0, num_queries, rows):
             stop = min(start + rows, num_queries)
             logits = buffer[:(stop - start) * num_keys].view(stop - start, num_keys)
             torch.mm(qs[b, start:stop], kt, out=logits)
             torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # in place
-            torch.mm(logits, v[b], out=out[b, start:stop])
-    return out
+            torch.mm(vt, logits.t(), out=out[b, :, start:stop])
+    return out.transpose(1, 2)
 
 
 def _fp32(*tensors: torch.Tensor):
@@ -224,15 +231,18 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     the region's / process's / default)."""
     dtype = v.dtype
     with no_autocast(q):
+        if (q.shape[-1] != v.shape[-1] and _eager_cpu(q) and not need_weights
+                and not _needs_grad(q, k, v)):
+            # the fused kernel would need q/k zero-padded to the value width; the
+            # chunks read strided inputs as they are
+            return _chunked_attention(upcast(q), upcast(k), upcast(v),
+                                      float(scale)).to(dtype), None
         q, k, v = _fp32(q, k, v)
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)
             return torch.bmm(weights, v).to(dtype), weights
         if _keeps_map(q, k, v, budget_mb):
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
-        if q.shape[-1] != v.shape[-1] and _eager_cpu(q) and not _needs_grad(q, k, v):
-            # the fused kernel would need q/k zero-padded to the value width
-            return _chunked_attention(q, k, v, float(scale)).to(dtype), None
         # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
         # zero-padded (zeros change no dot product and give zero output columns)
         d, dv = q.shape[-1], v.shape[-1]

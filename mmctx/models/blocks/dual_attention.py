@@ -100,9 +100,9 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        q = flatten(self.query_project(x))  # (N, L, d)
-        k = flatten(self.key_project(x))  # (N, L, d)
-        v = flatten(self.value_project(x))  # (N, L, C)
+        q = flatten(self.query_project(x), False)  # (N, L, d)
+        k = flatten(self.key_project(x), False)  # (N, L, d)
+        v = flatten(self.value_project(x), False)  # (N, L, C)
         # mmseg's PAM: matmul_norm=False — no 1/sqrt(d) on the logits
         y, weights = softmax_attention(q, k, v, 1., need_weights)  # (N, L, C)
         return x + self.gamma * unflatten(y, tuple(x.shape[2:])), weights

@@ -174,7 +174,8 @@ class InterlacedSparseBlock(ContextBlockBase):
         feats = feats.reshape(n, *local, c, *glob)  # (N, *P, C, *G)
         feats = feats.permute(0, *[2 + d + i for i in range(d)], 1 + d,
                               *[1 + i for i in range(d)])  # (N, *G, C, *P)
-        feats = feats.reshape(-1, c, *local)  # (N·ΠG, C, *P)
+        # (a view here: made contiguous once, not by each of the relation's three convs)
+        feats = feats.reshape(-1, c, *local).contiguous()  # (N·ΠG, C, *P)
         feats, local_map = self.local_relation(feats, need_weights)
         # every position back to its place, the padding cropped
         feats = feats.reshape(n, *glob, c, *local)  # (N, *G, C, *P)

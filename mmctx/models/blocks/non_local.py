@@ -46,9 +46,12 @@ UNARIES = ('conv', 'analytic', 'none')
 VALUES = ('reduced', 'full')
 
 
-def flatten(t: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *S)`` → contiguous ``(N, L, C)``."""
-    return t.flatten(2).transpose(1, 2).contiguous()
+def flatten(t: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
+    """``(N, C, *S)`` → ``(N, L, C)``: contiguous, or (``contiguous=False``) the
+    transposed view, for :func:`~.attention.softmax_attention`, which copies only
+    where its kernel needs it."""
+    t = t.flatten(2).transpose(1, 2)
+    return t.contiguous() if contiguous else t
 
 
 def unflatten(t: torch.Tensor, spatial: Tuple[int, ...]) -> torch.Tensor:

@@ -176,9 +176,9 @@ class ObjectContextBlock(ContextBlockBase):
     def relation(self, x: torch.Tensor, objects: torch.Tensor, need_weights: bool
                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``Σ_k w_ik δ(f_k)`` ``(N, d, *S)`` and, with ``need_weights``, ``w`` ``(N, L, K)``."""
-        q = flatten(self.query_project(x))  # (N, L, d)
-        k = flatten(self.key_project(objects))  # (N, K, d)
-        v = flatten(self.value_project(objects))  # (N, K, d)
+        q = flatten(self.query_project(x), False)  # (N, L, d)
+        k = flatten(self.key_project(objects), False)  # (N, K, d)
+        v = flatten(self.value_project(objects), False)  # (N, K, d)
         y, weights = softmax_attention(q, k, v, self.channels**-0.5, need_weights)
         return unflatten(y, tuple(x.shape[2:])), weights  # (N, d, *S)
 

@@ -104,7 +104,8 @@ class ProjectedAttention(nn.Module):
             q = query_pool(q)
         if key_pool is not None:
             k, v = key_pool(k), key_pool(v)  # (N, d, K), (N, dv, K)
-        y, weights = softmax_attention(flatten(q), flatten(k), flatten(v),
+        y, weights = softmax_attention(flatten(q, False), flatten(k, False),
+                                       flatten(v, False),
                                        self.channels ** -0.5, need_weights)  # (N, Lq, dv)
         # (N, Lq, dv) -> (N, dv, *Sq); not unflatten(), whose branch for Lq = 1 would
         # fix the size in an exported graph (here Lq is always ΠSq)
