@@ -221,8 +221,9 @@ def test_lesa_whole_model_floor_is_its_eager_work():
 @pytest.mark.parametrize('pe_type', ['detection_qr', 'classification'])
 def test_lesa_block_floor_counts_the_eager_chunks(pe_type):
     """The block benchmark's LESA floor: the eager path's products, forward (what the
-    chunks compute) and backward (two products per forward one, the attention
-    recomputed once by the checkpointed chunks)."""
+    chunks compute) and backward (two products per forward one, plus what is
+    recomputed: ``q kᵀ`` by the 2-D form's hand-written backward, the whole chunks
+    (attention and relative terms) by the classification form's checkpoints)."""
     from mmctx.models.blocks import LESABlock
     c, g, h, w = 32, 4, 5, 6
     block = LESABlock(c, num_heads=g, pe_type=pe_type, pe_size=(h, w))
@@ -234,6 +235,7 @@ def test_lesa_block_floor_counts_the_eager_chunks(pe_type):
     total = convs + attention + relative
     x = torch.randn(1, c, h, w)
     assert bench.block_flops(block, x, train=False) == dict(forward=2 * total, backward=0)
-    recomputed = attention + (relative if pe_type == 'classification' else 0)
+    recomputed = (g * length * length * d if pe_type == 'detection_qr'
+                  else attention + relative)
     assert bench.block_flops(block, x, train=True) == dict(
         forward=2 * total, backward=4 * total + 2 * recomputed)

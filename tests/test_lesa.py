@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmctx.models.blocks import LESABlock
-from mmctx.models.blocks.lesa import offset_table
+from mmctx.models.blocks.lesa import RelativeAttention, offset_table
 
 from .conftest import ROOT
 
@@ -235,8 +235,8 @@ def test_efficient_equals_explicit(pe_type, path, train, size, monkeypatch):
     block = randomized(LESABlock(16, num_heads=2, pe_type=pe_type, pe_size=8)).double()
     block.train(train)
     twin = copy.deepcopy(block)
-    if path == 'chunks':  # 7 queries per chunk, the last one partial
-        block.relative_chunk_elements = 2 * 2 * size[0] * size[1] * 7
+    if path == 'chunks':  # 7 queries per chunk (of one head of one image), the last partial
+        block.relative_chunk_elements = size[0] * size[1] * 7
     if path == 'fused':
         import mmctx.models.blocks.lesa as lesa_module
         monkeypatch.setattr(lesa_module, 'traced', lambda: True)
@@ -261,6 +261,22 @@ def test_efficient_equals_explicit(pe_type, path, train, size, monkeypatch):
                                   torch.ones_like(block.bn_similarity.running_var))
 
 
+@pytest.mark.parametrize('rows', [12, 5])  # one chunk per head / several, the last partial
+def test_relative_attention_function(rows):
+    """The training form's hand-written backward: gradcheck (fp64) and the values of
+    ``softmax(q kᵀ + α[y_j] + β[x_j]) v`` written out with the map."""
+    torch.manual_seed(5)
+    b, h, w, d, dv = 2, 3, 4, 3, 5
+    length = h * w
+    inputs = [torch.randn(b, length, c, dtype=torch.double, requires_grad=True)
+              for c in (d, d, dv, h, w)]
+    torch.autograd.gradcheck(lambda *t: RelativeAttention.apply(*t, rows), inputs)
+    q, k, v, alpha, beta = inputs
+    bias = (alpha.unsqueeze(-1) + beta.unsqueeze(-2)).reshape(b, length, length)
+    expected = torch.softmax(q @ k.transpose(1, 2) + bias, -1) @ v
+    torch.testing.assert_close(RelativeAttention.apply(*inputs, rows), expected)
+
+
 @pytest.mark.parametrize('mode', ['no_grad', 'inference_mode'])
 @pytest.mark.parametrize('chunk', [None, 7])  # one chunk / several, the last partial
 @pytest.mark.parametrize('train', [False, True])  # α, β per chunk / batch statistics
@@ -278,7 +294,7 @@ def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
     x = torch.randn(2, 16, *size, dtype=torch.double)
     x0 = x.clone()
     calls, chunk_fn = [], LESABlock._relative_chunk_into
-    monkeypatch.setattr(LESABlock, '_relative_chunk', None)  # the training form: unused
+    monkeypatch.setattr(RelativeAttention, 'apply', None)  # the training form: unused
     monkeypatch.setattr(LESABlock, '_relative_chunk_into', staticmethod(
         lambda *a: calls.append((a[0].shape[0], a[5].data_ptr())) or chunk_fn(*a)))
     with getattr(torch, mode)():

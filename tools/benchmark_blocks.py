@@ -506,11 +506,19 @@ def block_flops(model, x, train: bool) -> Dict[str, int]:
 def term_flops(block, shape, train: bool) -> Dict[str, int]:
     """LESA's count (a block with ``term_macs``): the work of its eager path on an input
     of ``shape`` (a trace takes the fused form, ``H + W`` more dimensions per head);
-    backward: 2 products per forward one (both operands need a gradient) and the
-    chunked attention recomputed once (checkpointed chunks)."""
+    backward: 2 products per forward one (both operands need a gradient) and what the
+    backward recomputes: the 2-D relative form's ``q kᵀ`` (``RelativeAttention``), the
+    classification form's whole chunks (checkpointed), the fused call's ``q kᵀ`` and
+    ``· v`` (no relative term)."""
     macs = block.term_macs(shape[0], *shape[2:])
-    recomputed = macs.get('attention', 0) + (
-        macs.get('relative', 0) if block.pe_type == 'classification' else 0)
+    attention = macs.get('attention', 0)
+    if block.pe_type == 'detection_qr':
+        d = block.qk_channels
+        recomputed = attention * d // (d + block.v_channels)
+    elif block.pe_type == 'classification':
+        recomputed = attention + macs.get('relative', 0)
+    else:
+        recomputed = attention
     return dict(forward=2 * sum(macs.values()),
                 backward=4 * sum(macs.values()) + 2 * recomputed if train else 0)
 
@@ -747,8 +755,8 @@ FLOOR_NOTE = (
     "floor s = the mmctx block's arithmetic floor: the FLOPs of its matmul-like ops "
     '(convs, (b)mm, linear, einsum, fused attention; 2 per multiply-add; counted on a trace '
     "of the block at that size, as mmctx's path runs them, by mmctx's counter; LESA: "
-    "2 × its `term_macs`, the work of its eager chunks, whose backward recomputes the "
-    "attention once) at the "
+    "2 × its `term_macs`, the work of its eager chunks, whose backward recomputes "
+    "q kᵀ (2-D relative form) or whole chunks (classification form)) at the "
     f'sgemm rate measured in this run; {BACKWARD_RULE}. time / floor = mmctx time / '
     'floor s (1.00× = matmuls at sgemm speed and nothing else).')
 
