@@ -557,10 +557,11 @@ class LESABlock(ContextBlockBase):
         onehot(y), onehot(x)]`` runs ``2·L²·(d + H + W)`` and as much again on its
         zero-padded values (it remains the path of exported and compiled graphs: one
         op, any size). ``terms(start, c)`` gives the chunk's scaled ``α (B, c, H)`` and
-        ``β (B, c, W)``. With ``grad`` each chunk is recomputed in backward; without,
-        one logits buffer serves every chunk (one head of one image each:
-        ``relative_inference_chunk_elements // L`` queries) and they write into one
-        output."""
+        ``β (B, c, W)``. With ``grad``: :class:`RelativeAttention` (chunks of
+        ``relative_chunk_elements // L`` queries of one head, probabilities recomputed
+        in its backward); without, one logits buffer serves every chunk (one head of
+        one image each: ``relative_inference_chunk_elements // L`` queries) and they
+        write into one output."""
         n, g, length, _ = q.shape
         b, dv = n * g, v.shape[-1]
         # (B, L, ·) and contiguous once: every chunk multiplies by all of k and v
