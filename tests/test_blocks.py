@@ -411,16 +411,18 @@ def test_map_budget_limit_is_inclusive_and_bad_budgets_are_refused(monkeypatch):
 ])
 def test_kept_map_equals_the_fused_kernel(dtype, shapes, monkeypatch):
     """Values and all three gradients of the kept-map path against the fused kernel
-    (the same sums in another order), across several row steps; backward may run
-    twice (retain_graph) and gives the same gradients."""
+    (q/k or v zero-padded to one width; the same sums in another order), across several
+    row steps; backward may run twice (retain_graph) and gives the same gradients."""
     monkeypatch.setattr(attention, 'KEPT_MAP_ROWS', 256)
     torch.manual_seed(0)
     b, lq, lk, d, dv = shapes
     q, k, v = (torch.randn(b, n, c, dtype=dtype, requires_grad=True)
                for n, c in ((lq, d), (lk, d), (lk, dv)))
     grad = torch.randn(b, lq, dv, dtype=dtype)
-    with attention.map_budget(0):
-        ref, _ = attention.softmax_attention(q, k, v, 0.4)
+    width = max(d, dv)
+    ref = F.scaled_dot_product_attention(
+        F.pad(q, (0, width - d)).unsqueeze(1), F.pad(k, (0, width - d)).unsqueeze(1),
+        F.pad(v, (0, width - dv)).unsqueeze(1), scale=0.4).squeeze(1)[..., :dv]
     ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
     out, _ = attention.softmax_attention(q, k, v, 0.4)
     assert out.grad_fn.name() == 'KeptMapAttentionBackward'
@@ -477,13 +479,14 @@ def test_unpadded_query_chunks_without_grad(mode, dtype, shapes, monkeypatch):
     explicit, _ = attention.softmax_attention(q, k, v, 0.4, need_weights=True)
     torch.testing.assert_close(out, explicit, rtol=0,
                                atol=1e-12 if dtype == torch.float64 else 1e-5)
-    # equal widths, a gradient, a trace: the fused kernel / the kept map as before
+    # equal widths, a trace: the fused kernel; a gradient: the training chunks
     attention.softmax_attention(q, k, q.clone(), 0.4)
     with attention.map_budget(0):
-        attention.softmax_attention(q.requires_grad_(), k, v, 0.4)
+        trained, _ = attention.softmax_attention(q.requires_grad_(), k, v, 0.4)
+    assert trained.grad_fn.name() == 'ChunkedAttentionBackward'
     monkeypatch.setattr(attention, 'traced', lambda: True)
     attention.softmax_attention(q.detach(), k, v, 0.4)
-    assert len(chunks) == 1 and len(sdpa) == 3
+    assert len(chunks) == 1 and len(sdpa) == 2
     # written channels-first; transposed views of (B, C, L) tensors (as the blocks pass
     # their conv outputs) are read in place and give the same values (up to
     # the products' order of sums)
@@ -493,6 +496,46 @@ def test_unpadded_query_chunks_without_grad(mode, dtype, shapes, monkeypatch):
     torch.testing.assert_close(attention.softmax_attention(*views, 0.4)[0], out, rtol=0,
                                atol=1e-12 if dtype == torch.float64 else 1e-5)
     assert len(chunks) == 2 and not views[0].is_contiguous()
+
+
+@pytest.mark.parametrize('shapes, elements', [
+    ((2, 13, 11, 3, 5), 4 * 11),     # d < dv, 4 query rows of one image per chunk
+    ((3, 7, 9, 6, 2), 2 * 7 * 9),    # d > dv, two whole images per chunk (batched)
+    ((2, 13, 11, 3, 5), 10 ** 6),    # everything in one chunk
+])
+def test_chunked_attention_training(shapes, elements, monkeypatch):
+    """Training beyond the map budget with q/k and v of different widths runs
+    :class:`ChunkedAttention` (its hand-written backward, nothing zero-padded):
+    gradcheck in fp64 across chunk layouts, the explicit path's values and gradients,
+    backward twice (retain_graph), no map saved for backward; equal widths keep the
+    fused kernel."""
+    torch.manual_seed(2)
+    b, lq, lk, d, dv = shapes
+    q, k, v = (torch.randn(b, n, c, dtype=torch.float64, requires_grad=True)
+               for n, c in ((lq, d), (lk, d), (lk, dv)))
+    torch.autograd.gradcheck(
+        lambda *t: attention.ChunkedAttention.apply(*t, None, None, 0.6, elements),
+        (q, k, v))
+    monkeypatch.setattr(attention, 'TRAINING_CHUNK_ELEMENTS', elements)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t,
+                                                  lambda t: t):
+        with attention.map_budget(0):
+            out, _ = attention.softmax_attention(q, k, v, 0.6)
+    assert out.grad_fn.name() == 'ChunkedAttentionBackward'
+    # saved for backward: (scaled) q, k, v and the output, no map
+    assert sorted(sizes) == sorted(t.numel() for t in (q, k, v, out))
+    ref, weights = attention.softmax_attention(q, k, v, 0.6, need_weights=True)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    for _ in range(2):
+        for a, r in zip(torch.autograd.grad(out, (q, k, v), grad, retain_graph=True),
+                        ref_grads):
+            torch.testing.assert_close(a, r)
+    with attention.map_budget(0):  # equal widths: the fused kernel
+        same, _ = attention.softmax_attention(q, k, torch.randn_like(k), 0.6)
+    assert same.grad_fn.name() != 'ChunkedAttentionBackward'
 
 
 def test_kept_map_gradcheck():

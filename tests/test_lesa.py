@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mmctx.models.blocks import LESABlock
-from mmctx.models.blocks.lesa import RelativeAttention, offset_table
+from mmctx.models.blocks.attention import ChunkedAttention
+from mmctx.models.blocks.lesa import offset_table
 
 from .conftest import ROOT
 
@@ -270,11 +271,15 @@ def test_relative_attention_function(rows):
     length = h * w
     inputs = [torch.randn(b, length, c, dtype=torch.double, requires_grad=True)
               for c in (d, d, dv, h, w)]
-    torch.autograd.gradcheck(lambda *t: RelativeAttention.apply(*t, rows), inputs)
+    elements = rows * length
+
+    def attend(q, k, v, alpha, beta):
+        return ChunkedAttention.apply(q, k, v, alpha, beta, 1., elements)
+    torch.autograd.gradcheck(attend, inputs)
     q, k, v, alpha, beta = inputs
     bias = (alpha.unsqueeze(-1) + beta.unsqueeze(-2)).reshape(b, length, length)
     expected = torch.softmax(q @ k.transpose(1, 2) + bias, -1) @ v
-    torch.testing.assert_close(RelativeAttention.apply(*inputs, rows), expected)
+    torch.testing.assert_close(attend(*inputs), expected)
 
 
 @pytest.mark.parametrize('mode', ['no_grad', 'inference_mode'])
@@ -294,7 +299,7 @@ def test_relative_chunks_without_grad(mode, chunk, train, monkeypatch):
     x = torch.randn(2, 16, *size, dtype=torch.double)
     x0 = x.clone()
     calls, chunk_fn = [], LESABlock._relative_chunk_into
-    monkeypatch.setattr(RelativeAttention, 'apply', None)  # the training form: unused
+    monkeypatch.setattr(ChunkedAttention, 'apply', None)  # the training form: unused
     monkeypatch.setattr(LESABlock, '_relative_chunk_into', staticmethod(
         lambda *a: calls.append((a[0].shape[0], a[5].data_ptr())) or chunk_fn(*a)))
     with getattr(torch, mode)():

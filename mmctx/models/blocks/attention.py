@@ -17,9 +17,14 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   instead (:class:`KeptMapAttention`): forward and backward are then six large
   matrix products and no recomputation (on the 2-core EPYC of the README, NL
   forward+backward at 64×128 about 10 % faster than the fused kernel), at the cost
-  of the map's memory until backward. On CPU without a gradient, when q/k and v
-  differ in width, chunks of queries run instead (:func:`_chunked_attention`: no
-  zero-padding, at most :data:`INFERENCE_CHUNK_ELEMENTS` logits at a time);
+  of the map's memory until backward. When q/k and v differ in width (DANet's PAM:
+  64 vs 512), eager on CPU, chunks of queries run instead of the zero-padded fused
+  kernel: without a gradient :func:`_chunked_attention` (at most
+  :data:`INFERENCE_CHUNK_ELEMENTS` logits at a time), in training beyond the map budget
+  :class:`ChunkedAttention` (its own backward, which recomputes only ``q kᵀ``; PAM's
+  shapes at 64×128 forward+backward 1.6–1.8× faster than the padded fused kernel on the
+  README's machine, as fast as the kept map; with equal widths it measured no faster
+  than the fused kernel, which therefore stays);
 * dot product: ``(q kᵀ / Lk) v = q (kᵀ v) / Lk`` — re-associated, so time and memory
   are linear in the number of positions (stronger than chunking, same result up to
   rounding);
@@ -60,6 +65,9 @@ KEPT_MAP_ROWS = 512
 _budget_override: Optional[float] = None
 #: logits per query chunk of :func:`_chunked_attention` (64 MiB in fp32)
 INFERENCE_CHUNK_ELEMENTS = 1 << 24
+#: logits per chunk of :class:`ChunkedAttention` (training beyond the map budget; two
+#: buffers of this size in backward)
+TRAINING_CHUNK_ELEMENTS = 1 << 22
 
 
 def check_map_budget(value) -> float:
@@ -115,14 +123,12 @@ class KeptMapAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 scale: float) -> torch.Tensor:
-        batch, num_queries, _ = q.shape
         qs = q * scale
-        weights = q.new_empty(batch, num_queries, k.shape[1])
-        y = v.new_empty(batch, num_queries, v.shape[-1])
-        for b in range(batch):  # whole-map products: the most efficient shapes here
-            torch.mm(qs[b], k[b].t(), out=weights[b])
-            torch.ops.aten._softmax.out(weights[b], -1, False, out=weights[b])  # in place
-            torch.mm(weights[b], v[b], out=y[b])
+        # whole-map products of all images at once (the most efficient shapes here;
+        # thousands of small maps, as ISA's local groups, are one batched product)
+        weights = torch.bmm(qs, k.transpose(1, 2))
+        torch.ops.aten._softmax.out(weights, -1, False, out=weights)  # in place
+        y = torch.bmm(weights, v)
         ctx.save_for_backward(qs, k, v, y, weights)
         ctx.scale = scale
         return y
@@ -132,24 +138,117 @@ class KeptMapAttention(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         qs, k, v, y, weights = ctx.saved_tensors
         dy = dy.contiguous()
-        num_queries, rows = qs.shape[1], KEPT_MAP_ROWS
+        (batch, num_queries), num_keys = qs.shape[:2], k.shape[1]
         delta = (dy * y).sum(dim=-1, keepdim=True)  # (B, Lq, 1)
-        dq, dk, dv = torch.empty_like(qs), torch.empty_like(k), torch.empty_like(v)
-        buffer = weights.new_empty(min(rows, num_queries), k.shape[1])
-        for b in range(qs.shape[0]):
-            torch.mm(weights[b].t(), dy[b], out=dv[b])
-            vt = v[b].t()
-            for start in range(0, num_queries, rows):
-                part = weights[b, start:start + rows]
-                grad = buffer[:part.shape[0]]  # dS rows (P is kept: backward may rerun)
-                torch.mm(dy[b, start:start + rows], vt, out=grad)
-                grad.sub_(delta[b, start:start + rows]).mul_(part)
-                torch.mm(grad, k[b], out=dq[b, start:start + rows])
-                if start == 0:
-                    torch.mm(grad.t(), qs[b, start:start + rows], out=dk[b])
-                else:
-                    dk[b].addmm_(grad.t(), qs[b, start:start + rows])
+        dq, dk = torch.empty_like(qs), torch.zeros_like(k)
+        dv = torch.bmm(weights.transpose(1, 2), dy)
+        elements = KEPT_MAP_ROWS * num_keys  # rows of one image, or whole small images
+        buffer = weights.new_empty(min(elements, batch * num_queries * num_keys))
+        for i, r in ChunkedAttention.chunks(batch, num_queries, num_keys, elements):
+            part = weights[i, r]
+            grad = buffer[:part.numel()].view_as(part)  # dS (P is kept: backward may rerun)
+            torch.bmm(dy[i, r], v[i].transpose(1, 2), out=grad)
+            grad.sub_(delta[i, r]).mul_(part)
+            torch.bmm(grad, k[i], out=dq[i, r])
+            dk[i].baddbmm_(grad.transpose(1, 2), qs[i, r])
         return dq.mul_(ctx.scale), dk, dv, None
+
+
+class ChunkedAttention(torch.autograd.Function):
+    """``softmax(scale · q kᵀ [+ α[y_j] + β[x_j]]) v`` with a gradient, over chunks of
+    at most ``elements`` logits, that keeps no map: the flash-attention backward, by hand.
+
+    ``q (B, Lq, d)``, ``k (B, Lk, d)``, ``v (B, Lk, dv)`` (any widths: nothing is
+    zero-padded); optionally LESA's 2-D relative logits ``α (B, Lq, H)``, ``β (B, Lq,
+    W)`` for keys on an ``H×W`` grid (row-major), else ``None``. A chunk is some query
+    rows of one image or, when whole images fit, as many images as fit (batched
+    products). Forward: each chunk's logits in one buffer (the relative logits written
+    first and ``q kᵀ`` accumulated onto them by the product), softmax in place, ``· v``
+    into the output. Backward (``D_i = dy_i · y_i``) recomputes each chunk's ``P`` the
+    same way (one product, ``q kᵀ``) and, in a second buffer, ``dS = P ⊙ (dy vᵀ − D)``;
+    then ``dv += Pᵀ dy``, ``dq = scale · dS k``, ``dk += dSᵀ (scale · q)``, and ``dα``,
+    ``dβ`` as ``dS``'s sums over the key grid's columns / rows. Two buffers for the
+    whole call; exact (the fused kernel's sums in another order); backward may run again
+    (``retain_graph``); not twice differentiable.
+    """
+
+    @staticmethod
+    def probabilities(q, k, alpha, beta, buffer) -> torch.Tensor:
+        """``P`` of one chunk (``q (n, c, d)`` already scaled, ``k (n, Lk, d)``, ``α (n,
+        c, H)``, ``β (n, c, W)`` or ``None``) in ``buffer``: ``(n, c, Lk)``."""
+        n, c, num_keys = q.shape[0], q.shape[1], k.shape[1]
+        p = buffer[:n * c * num_keys].view(n, c, num_keys)
+        if alpha is None:
+            torch.bmm(q, k.transpose(1, 2), out=p)
+        else:
+            torch.add(alpha.unsqueeze(-1), beta.unsqueeze(-2),
+                      out=p.view(n, c, alpha.shape[-1], beta.shape[-1]))
+            torch.baddbmm(p, q, k.transpose(1, 2), out=p)
+        torch.ops.aten._softmax.out(p, -1, False, out=p)  # in place
+        return p
+
+    @staticmethod
+    def chunks(batch: int, num_queries: int, num_keys: int, elements: int):
+        """``(images, queries)`` slices of the chunks of at most ``elements`` logits."""
+        per_image = num_queries * num_keys
+        if per_image <= elements:  # whole images per chunk
+            images = min(batch, elements // per_image)
+            for start in range(0, batch, images):
+                yield slice(start, start + images), slice(0, num_queries)
+            return
+        rows = max(1, elements // num_keys)
+        for b in range(batch):
+            for start in range(0, num_queries, rows):
+                yield slice(b, b + 1), slice(start, start + rows)
+
+    @staticmethod
+    def forward(ctx, q, k, v, alpha, beta, scale: float, elements: int):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        qs = q * scale if scale != 1 else q
+        (batch, num_queries), num_keys = q.shape[:2], k.shape[1]
+        out = v.new_empty(batch, num_queries, v.shape[-1])
+        buffer = q.new_empty(min(elements, batch * num_queries * num_keys))
+        for i, r in ChunkedAttention.chunks(batch, num_queries, num_keys, elements):
+            p = ChunkedAttention.probabilities(
+                qs[i, r], k[i], None if alpha is None else alpha[i, r],
+                None if beta is None else beta[i, r], buffer)
+            torch.bmm(p, v[i], out=out[i, r])
+        ctx.save_for_backward(qs, k, v, alpha, beta, out)
+        ctx.scale, ctx.elements = scale, elements
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        qs, k, v, alpha, beta, out = ctx.saved_tensors
+        (batch, num_queries), num_keys = qs.shape[:2], k.shape[1]
+        dy = dy.contiguous()
+        delta = (dy * out).sum(-1, keepdim=True)  # (B, Lq, 1)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(v)
+        relative = alpha is not None
+        if relative:
+            dalpha, dbeta = torch.empty_like(alpha), torch.empty_like(beta)
+        size = min(ctx.elements, batch * num_queries * num_keys)
+        probs, grads = qs.new_empty(size), qs.new_empty(size)
+        for i, r in ChunkedAttention.chunks(batch, num_queries, num_keys, ctx.elements):
+            p = ChunkedAttention.probabilities(
+                qs[i, r], k[i], alpha[i, r] if relative else None,
+                beta[i, r] if relative else None, probs)
+            dv[i].baddbmm_(p.transpose(1, 2), dy[i, r])
+            ds = grads[:p.numel()].view_as(p)
+            torch.bmm(dy[i, r], v[i].transpose(1, 2), out=ds)
+            ds.sub_(delta[i, r]).mul_(p)
+            torch.bmm(ds, k[i], out=dq[i, r])
+            dk[i].baddbmm_(ds.transpose(1, 2), qs[i, r])
+            if relative:
+                grid = ds.view(*ds.shape[:2], alpha.shape[-1], beta.shape[-1])
+                torch.sum(grid, -1, out=dalpha[i, r])
+                torch.sum(grid, -2, out=dbeta[i, r])
+        if ctx.scale != 1:
+            dq.mul_(ctx.scale)
+        if not relative:
+            return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, dalpha, dbeta, None, None
 
 
 def _eager_cpu(q: torch.Tensor) -> bool:
@@ -243,9 +342,12 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             return torch.bmm(weights, v).to(dtype), weights
         if _keeps_map(q, k, v, budget_mb):
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
+        d, dv = q.shape[-1], v.shape[-1]
+        if d != dv and _eager_cpu(q):  # training beyond the budget: nothing zero-padded
+            return ChunkedAttention.apply(q, k, v, None, None, float(scale),
+                                          TRAINING_CHUNK_ELEMENTS).to(dtype), None
         # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
         # zero-padded (zeros change no dot product and give zero output columns)
-        d, dv = q.shape[-1], v.shape[-1]
         if d < dv:
             q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
         elif dv < d:

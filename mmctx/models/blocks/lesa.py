@@ -46,7 +46,8 @@ q_i·r^h[y − y_i]``, ``β_i[x] = q_i·r^w[x − x_i]``) they are sums over ``�
 The running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance).
 The logits ``s_qk q_i·k_j + s_r (α_i[y_j] + β_i[x_j])`` are computed over chunks of
 queries of one head of one image (at most ``relative_chunk_elements`` logits at a time,
-each chunk's probabilities recomputed in backward by :class:`RelativeAttention`;
+each chunk's probabilities recomputed in backward by the block library's
+:class:`~mmctx.models.blocks.attention.ChunkedAttention`, given ``α`` and ``β``;
 ``relative_inference_chunk_elements`` without a gradient): ``α`` and ``β`` written as
 one broadcast sum over the key grid, ``q kᵀ`` accumulated onto them, the softmax, and
 the product with ``v`` — the matmul work of the attention itself
@@ -87,12 +88,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from torch.autograd.function import once_differentiable
 
 from ...registry import MODELS
 from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
                     traced, upcast)
-from .attention import softmax_attention
+from .attention import ChunkedAttention, softmax_attention
 
 PE_TYPES = ('detection_qr', 'classification', None)
 FUSIONS = ('gate', 'sum')
@@ -180,77 +180,6 @@ def pair_moments(q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.
     mean = (q.sum(2) * k.sum(2)).sum(-1).sum(0) / count
     second = (q.transpose(-1, -2) @ q * (k.transpose(-1, -2) @ k)).sum((-1, -2)).sum(0)
     return mean, second / count
-
-
-class RelativeAttention(torch.autograd.Function):
-    """``softmax(q kᵀ + α[y_j] + β[x_j]) v`` with a gradient, over chunks of queries of
-    one head of one image (``q (B, L, d)``, ``k (B, L, d)``, ``v (B, L, dv)``, ``α (B,
-    L, H)``, ``β (B, L, W)``, ``B`` = N·heads; the keys are the ``H×W`` grid, row-major).
-
-    Forward keeps no logits: each chunk's relative logits are written into one buffer,
-    ``q kᵀ`` accumulated onto them (``addmm``), softmax in place, ``· v`` into the
-    output. Backward (``D_i = dy_i · y_i``) recomputes each chunk's ``P`` the same way
-    and, in a second buffer, ``dS = P ⊙ (dy vᵀ − D)``; then ``dv += Pᵀ dy``, ``dq = dS
-    k``, ``dk += dSᵀ q``, and ``dα``, ``dβ`` are ``dS``'s sums over the key grid's
-    columns / rows. The flash-attention backward, by hand: one recomputed product
-    (``q kᵀ``; autograd's checkpointed chunks recomputed ``· v`` too), two buffers for
-    the whole call instead of fresh per-chunk tensors. Exact; not twice differentiable.
-    """
-
-    @staticmethod
-    def _probabilities(q, k, alpha, beta, buffer) -> torch.Tensor:
-        """``P`` of one chunk (``q (c, d)``, ``α (c, H)``, ``β (c, W)``) in ``buffer``."""
-        c, length = q.shape[0], k.shape[0]
-        p = buffer[:c * length].view(c, length)
-        torch.add(alpha.unsqueeze(-1), beta.unsqueeze(-2),
-                  out=p.view(c, alpha.shape[-1], beta.shape[-1]))
-        torch.addmm(p, q, k.t(), out=p)
-        torch.ops.aten._softmax.out(p, -1, False, out=p)
-        return p
-
-    @staticmethod
-    def forward(ctx, q, k, v, alpha, beta, rows: int):
-        batch, length = q.shape[:2]
-        q, k, v, alpha, beta = (t.contiguous() for t in (q, k, v, alpha, beta))
-        out = v.new_empty(batch, length, v.shape[-1])
-        buffer = q.new_empty(rows * length)
-        for b in range(batch):
-            for s in range(0, length, rows):
-                p = RelativeAttention._probabilities(q[b, s:s + rows], k[b],
-                                                     alpha[b, s:s + rows],
-                                                     beta[b, s:s + rows], buffer)
-                torch.mm(p, v[b], out=out[b, s:s + rows])
-        ctx.save_for_backward(q, k, v, alpha, beta, out)
-        ctx.rows = rows
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        q, k, v, alpha, beta, out = ctx.saved_tensors
-        rows, (batch, length) = ctx.rows, q.shape[:2]
-        h, w = alpha.shape[-1], beta.shape[-1]
-        dy = dy.contiguous()
-        delta = (dy * out).sum(-1, keepdim=True)  # (B, L, 1)
-        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        dalpha, dbeta = torch.empty_like(alpha), torch.empty_like(beta)
-        probs, grads = q.new_empty(rows * length), q.new_empty(rows * length)
-        for b in range(batch):
-            vt = v[b].t()
-            for s in range(0, length, rows):
-                e = min(s + rows, length)
-                p = RelativeAttention._probabilities(q[b, s:e], k[b], alpha[b, s:e],
-                                                     beta[b, s:e], probs)
-                dv[b].addmm_(p.t(), dy[b, s:e])
-                ds = grads[:p.numel()].view_as(p)
-                torch.mm(dy[b, s:e], vt, out=ds)
-                ds.sub_(delta[b, s:e]).mul_(p)
-                torch.mm(ds, k[b], out=dq[b, s:e])
-                dk[b].addmm_(ds.t(), q[b, s:e])
-                grid = ds.view(e - s, h, w)
-                torch.sum(grid, -1, out=dalpha[b, s:e])
-                torch.sum(grid, -2, out=dbeta[b, s:e])
-        return dq, dk, dv, dalpha, dbeta, None
 
 
 @MODELS.register_module()
@@ -533,7 +462,7 @@ class LESABlock(ContextBlockBase):
         return out.view(n, -1, h, w).to(x.dtype)
 
     # --- binary term: memory-efficient --------------------------------------------
-    #: the 2-D relative form's chunks with a gradient (:class:`RelativeAttention`): one
+    #: the 2-D relative form's chunks with a gradient (:class:`ChunkedAttention`): one
     #: head of one image, at most this many logits (queries·L); two buffers of that size
     relative_chunk_elements = 1 << 24
     #: the same without a gradient (one logits buffer for all chunks): 2²⁴ = 512
@@ -542,13 +471,14 @@ class LESABlock(ContextBlockBase):
 
     @staticmethod
     def _relative_chunk_into(q, k, v, alpha, beta, buffer, out) -> None:
-        """A chunk of :class:`RelativeAttention` without a gradient, in place: ``q (c,
+        """A chunk of :class:`ChunkedAttention`'s relative form without a gradient, in place: ``q (c,
         d)``, ``k (L, d)``, ``v (L, dv)``, ``α (c, H)``, ``β (c, W)`` → ``out (c,
         dv)``. The relative logits ``α[y_j] + β[x_j]`` are written into ``buffer`` first
         (one broadcast sum) and ``q kᵀ`` is accumulated onto them by the product itself
         (``addmm``, no extra pass over the logits); softmax in place; ``· v`` into
         ``out``."""
-        torch.mm(RelativeAttention._probabilities(q, k, alpha, beta, buffer), v, out=out)
+        p = ChunkedAttention.probabilities(q[None], k[None], alpha[None], beta[None], buffer)
+        torch.mm(p[0], v, out=out)
 
     def _relative_attention(self, q, k, v, terms, grad: bool):
         """The 2-D relative attention (scaled ``q``) over chunks of queries, so at most
@@ -557,7 +487,7 @@ class LESABlock(ContextBlockBase):
         onehot(y), onehot(x)]`` runs ``2·L²·(d + H + W)`` and as much again on its
         zero-padded values (it remains the path of exported and compiled graphs: one
         op, any size). ``terms(start, c)`` gives the chunk's scaled ``α (B, c, H)`` and
-        ``β (B, c, W)``. With ``grad``: :class:`RelativeAttention` (chunks of
+        ``β (B, c, W)``. With ``grad``: :class:`ChunkedAttention` (chunks of
         ``relative_chunk_elements // L`` queries of one head, probabilities recomputed
         in its backward); without, one logits buffer serves every chunk (one head of
         one image each: ``relative_inference_chunk_elements // L`` queries) and they
@@ -569,7 +499,7 @@ class LESABlock(ContextBlockBase):
         if grad:
             alpha, beta = terms(0, length)
             rows = min(length, max(1, self.relative_chunk_elements // length))
-            out = RelativeAttention.apply(q, k, v, alpha, beta, rows)
+            out = ChunkedAttention.apply(q, k, v, alpha, beta, 1., rows * length)
         else:
             # one head of one image per chunk, so a chunk of the same logits has more
             # queries (larger products) than one spanning all heads
