@@ -59,6 +59,28 @@ def test_nl_flop_count_is_the_formula(batch):
     assert count['forward'] + count['backward'] == batch * nl_flops(35, 12, True, False)
 
 
+@pytest.mark.parametrize('budget', [512, 0])
+def test_pam_flop_count_is_at_its_unpadded_widths(budget):
+    """DANet's PAM (q/k C/8 = 2 wide, v C = 16 wide): the trace's fused call has q/k
+    zero-padded to 16, but the floor counts the eager path's products, ``2·L²·(d +
+    dv)`` forward; backward dP (dv), dV (dv), dQ, dK (d) and, beyond the map budget,
+    the recomputed ``q kᵀ`` (d). Convs: q, k (C→d), v (C→C), 3× with backward."""
+    from mmctx.models.blocks import DualAttentionBlock
+    from mmctx.models.blocks.attention import map_budget
+    c, d, length = 16, 2, 5 * 7
+    block = DualAttentionBlock(c, cam=False)
+    x = torch.randn(1, c, 5, 7)
+    convs = 2 * length * c * (2 * d + c)
+    attention = 2 * length * length * (d + c)
+    assert bench.block_flops(block, x, train=False) == dict(
+        forward=convs + attention, backward=0, attention=attention)
+    with map_budget(budget):
+        count = bench.block_flops(block, x, train=True)
+    back = 2 * length * length * (2 * c + 2 * d + (0 if budget else d))
+    assert count == dict(forward=convs + attention, backward=2 * convs + back,
+                         attention=attention)
+
+
 def test_backward_counts_the_gradient_path_only():
     """A conv whose input and weight need gradients: 3×; a matmul under no_grad: 1×; a
     conv on a detached input: 2× (its weight's gradient); a frozen conv: 2× (input)."""

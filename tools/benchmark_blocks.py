@@ -391,10 +391,11 @@ SDPA_OP = 'aten::scaled_dot_product_attention'
 BACKWARD_RULE = (
     'fwd+bwd adds, for each matmul on the gradient path, one matmul of its size per '
     'operand that needs a gradient (a conv or matmul whose input and weight both do: '
-    '3× its forward); the fused attention\'s backward runs 5 matmuls of the size of its '
-    '2 forward ones (it recomputes QKᵀ, then dP = dO·Vᵀ, dQ, dK, dV: 3.5× its forward); '
+    '3× its forward); the attention (counted at the widths of q/k and v, not '
+    'zero-padded to one as a traced graph\'s fused call) recomputes QKᵀ in backward, then '
+    'dP = dO·Vᵀ, dQ, dK, dV (3.5× its forward at equal widths); '
     'when the map fits the map budget (512 MiB by default: 64×128 at batch 1 and 2) '
-    'mmctx keeps it instead and backward runs 4 (dV, dP, dQ, dK: 3× its forward); '
+    'mmctx keeps it instead and backward runs dV, dP, dQ, dK (3× its forward); '
     'ops off the gradient path (no_grad, detached: EMA\'s EM) count once')
 
 
@@ -423,6 +424,37 @@ def _map_kept(values, grads) -> bool:
     if not any(grads) or q is None or k is None:
         return False
     return q[0] * q[1] * q[2] * k[2] * 4 <= map_budget_bytes()
+
+
+def _unpadded_width(value) -> int:
+    """The last size of an SDPA operand before mmctx's zero-padding to one width
+    (traced as ``aten::pad`` → ``aten::unsqueeze``): the eager path computes
+    at that width (query chunks, :class:`~mmctx.models.blocks.attention.ChunkedAttention`),
+    only traced graphs run the padded products."""
+    node = value.node()
+    if node.kind() == 'aten::unsqueeze':
+        node = list(node.inputs())[0].node()
+    if node.kind() in ('aten::constant_pad_nd', 'aten::pad'):
+        sizes = list(node.inputs())[0].type().sizes()
+        if sizes:
+            return sizes[-1]
+    return value.type().sizes()[-1]
+
+
+def _sdpa_flops(values, grads, kept: bool) -> Tuple[int, int]:
+    """Forward and backward FLOPs of one SDPA call at its unpadded widths ``d`` (q, k),
+    ``dv``: forward ``q kᵀ`` and ``· v``; backward ``dP = dy vᵀ`` (if q or k needs a
+    gradient), ``dv = Pᵀ dy``, ``dq``, ``dk`` as needed, and ``q kᵀ`` recomputed unless
+    the map is kept."""
+    q, k = values[0].type().sizes(), values[1].type().sizes()
+    pairs = 1
+    for s in q[:-1]:
+        pairs *= s
+    pairs *= k[-2]
+    d, dv = _unpadded_width(values[0]), _unpadded_width(values[2])
+    backward = ((0 if kept else d) + (dv if any(grads[:2]) else 0)
+                + grads[0] * d + grads[1] * d + grads[2] * dv)
+    return 2 * pairs * (d + dv), 2 * pairs * backward
 
 
 def _gradient_path(graph_block) -> set:
@@ -464,20 +496,21 @@ def matmul_flops(model, inputs: Tuple, backward: bool = False) -> Dict[str, int]
         def count(values, outputs):
             result = handle(values, outputs)  # a number, or a Counter by operator
             macs = int(sum(result.values()) if hasattr(result, 'values') else result)
-            totals['forward'] += 2 * macs
-            if name == SDPA_OP:
-                totals['attention'] += 2 * macs
+            on_path = False
             if backward:
                 if not path:
                     path.append(_gradient_path(outputs[0].node().owningBlock()))
-                if outputs[0].unique() in path[0]:
-                    grads = [_requires_grad(v) for v in operands(name, values)]
-                    if name == SDPA_OP:  # in units of one of its two matmuls
-                        kept = _map_kept(values, grads)  # else recomputed (+1)
-                        units = (0 if kept else 1) + any(grads[:2]) + sum(grads)
-                        totals['backward'] += macs * units
-                    else:
-                        totals['backward'] += 2 * macs * sum(grads)
+                on_path = outputs[0].unique() in path[0]
+            grads = ([_requires_grad(v) for v in operands(name, values)] if on_path
+                     else [False] * 3)
+            if name == SDPA_OP:  # at the widths the eager path runs (no zero-padding)
+                flops, back = _sdpa_flops(values, grads, _map_kept(values, grads))
+                totals['attention'] += flops
+            else:
+                flops, back = 2 * macs, 2 * macs * sum(grads)
+            totals['forward'] += flops
+            if on_path:
+                totals['backward'] += back
             return result
         return count
 
