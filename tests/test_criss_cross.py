@@ -6,6 +6,7 @@ import pytest
 import torch
 from mmcv.ops import CrissCrossAttention
 
+from mmctx.models.blocks import criss_cross
 from mmctx.models.blocks.criss_cross import (CrissCrossBlock, convert_mmcv_criss_cross,
                                              criss_cross_logits)
 
@@ -63,12 +64,24 @@ def mmcv_pair(channels: int, seed: int, gamma: float):
 
 
 @pytest.mark.parametrize('size', [(5, 7), (8, 3), (1, 6), (6, 1), (4, 4)])
-def test_matches_mmcv(size):
+def test_matches_mmcv(size, monkeypatch):
+    """Training (the logits concatenated, autograd) and inference (no gradient: each
+    image's logits written into one buffer, softmax in place) against mmcv."""
     ref, block = mmcv_pair(16, seed=sum(size), gamma=-0.6)
     x = torch.randn(2, 16, *size)
     expected = ref(x)
     assert not torch.allclose(expected, x, atol=1e-2)  # the attention term matters
-    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    calls = []
+    into = criss_cross._logits_2d_into
+    monkeypatch.setattr(criss_cross, '_logits_2d_into',
+                        lambda q, k: calls.append(q.shape) or into(q, k))
+    out = block(x)
+    assert out.requires_grad and not calls
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert calls == [(1, *size, 2)] * 4  # per image, per mode
 
 
 def test_recurrence_matches_mmcv_twice():

@@ -66,8 +66,9 @@ _budget_override: Optional[float] = None
 #: logits per query chunk of :func:`_chunked_attention` (64 MiB in fp32)
 INFERENCE_CHUNK_ELEMENTS = 1 << 24
 #: logits per chunk of :class:`ChunkedAttention` (training beyond the map budget; two
-#: buffers of this size in backward)
-TRAINING_CHUNK_ELEMENTS = 1 << 22
+#: buffers of this size in backward, 32 MiB each in fp32). DANet's PAM shapes at 128×256
+#: (d = 64, dv = 512) on the README's machine: 2²³–2²⁵ alike, 2²² 15–25 % slower
+TRAINING_CHUNK_ELEMENTS = 1 << 23
 
 
 def check_map_budget(value) -> float:
@@ -112,9 +113,11 @@ def map_budget(budget_mb: float) -> Iterator[None]:
 class KeptMapAttention(torch.autograd.Function):
     """``softmax(scale · q kᵀ) v`` that keeps the map ``P`` for backward.
 
-    Forward: ``S = (scale·q) kᵀ`` written into ``P``, softmax in place, ``y = P v``.
-    Backward (``D_i = dy_i · y_i``): ``dv = Pᵀ dy``;
-    per rows, in one reused ``rows × Lk`` buffer, ``dS = P ⊙ (dy vᵀ − D)``,
+    Forward: ``S = (scale·q) kᵀ`` written into ``P``, softmax in place, ``y = P v``
+    (batched products over all images). Backward (``D_i = dy_i · y_i``): ``dv = Pᵀ dy``;
+    per :data:`KEPT_MAP_ROWS` rows of one image (or as many whole small maps as fit in
+    as many rows' logits, e.g. ISA's local groups), in one reused buffer,
+    ``dS = P ⊙ (dy vᵀ − D)``,
     ``dq = scale · dS k`` and ``dk += dSᵀ (scale·q)``. Exact (the same sums as the
     fused kernel, in another order); backward may run again (``retain_graph``); not
     twice differentiable.

@@ -73,6 +73,21 @@ def _logits_last(q: torch.Tensor, k: torch.Tensor) -> List[torch.Tensor]:
     return logits
 
 
+def _logits_2d_into(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """:func:`criss_cross_logits` of one image's channels-last ``q``, ``k`` ``(1, H, W,
+    d)`` without a gradient, concatenated: ``(1, H, W, H + W)``, each axis's products
+    written into their slice of one tensor (no concatenation copy)."""
+    _, h, w, _ = q.shape
+    logits = q.new_empty(1, h, w, h + w)
+    qi, ki = q[0], k[0]  # (H, W, d)
+    column = logits[0, :, :, :h]  # (H query row, W, H key row)
+    torch.bmm(qi.transpose(0, 1), ki.transpose(0, 1).transpose(1, 2),
+              out=column.transpose(0, 1))
+    column.diagonal(dim1=0, dim2=2).fill_(torch.finfo(q.dtype).min)  # p itself: once
+    torch.bmm(qi, ki.transpose(1, 2), out=logits[0, :, :, h:])
+    return logits
+
+
 def _aggregate_last(attn: List[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
     """:func:`criss_cross_aggregate` of channels-last ``v`` ``(N, *S, C)`` →
     ``(N, *S, C)``, contiguous (the last axis's product is already in that layout;
@@ -162,28 +177,33 @@ class CrissCrossBlock(ContextBlockBase):
         nn.init.zeros_(self.gamma)
 
     def _pass(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """One pass ``x + γ·o`` on a channels-last ``x`` ``(N, *S, C)`` (any strides)
-        → a contiguous channels-last output and the weights ``A_a`` ``(N, *S, S_a)``
-        (fp32 or fp64; they sum to 1 over all branches).
+        """One pass ``x + γ·o`` on ``x`` ``(N, C, *S)`` → the output in ``x``'s layout
+        and the weights ``A_a`` ``(N, *S, S_a)`` (fp32 or fp64; they sum to 1 over all
+        branches).
 
-        The three 1×1 convolutions run as one product with their weights stacked
-        (``(N, *S, C) × (C, 2C/r + C)``): q, k, v come out channels-last, the layout in
-        which every line's product reads them in place."""
+        The three 1×1 convolutions run as one product with their weights stacked on the
+        channels-last view of ``x`` (``(N, *S, C) × (C, 2C/r + C)``): q, k, v come out
+        channels-last, the layout in which every line's product reads them in place;
+        ``o`` is made channels-last and added to ``x`` as a transposed view (one pass
+        that writes the output in ``x``'s layout: no copy of ``x`` or ``o``)."""
         convs = (self.query_conv, self.key_conv, self.value_conv)
         weight = torch.cat([c.weight.flatten(1) for c in convs])
         bias = torch.cat([c.bias for c in convs])
-        q, k, v = F.linear(x, weight, bias).split(
+        q, k, v = F.linear(x.movedim(1, -1), weight, bias).split(
             [self.inter_channels, self.inter_channels, self.in_channels], dim=-1)
         with no_autocast(x):
-            logits = _logits_last(upcast(q), upcast(k))
-            sizes = [e.shape[-1] for e in logits]
-            attn = list(torch.cat(logits, dim=-1).softmax(dim=-1).split(sizes, dim=-1))
-            out = _aggregate_last(attn, upcast(v).to(attn[0].dtype))
-        if not x.is_contiguous() and not traced():
-            # a channels-last view of an NCHW input (the first pass): the product above
-            # read it in place (and keeps that for backward); the residual gets a
-            # contiguous copy by one 2-D transpose, freed after the sum
-            x = x.movedim(-1, 1).reshape(x.shape[-1], -1).t().contiguous().view(x.shape)
+            q, k = upcast(q), upcast(k)
+            sizes = list(q.shape[1:-1])
+            if (len(sizes) == 2 and q.shape[0] == 1 and not traced()
+                    and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))):
+                # no gradient: the logits written into one buffer (no concatenation)
+                # and the softmax in place
+                logits = _logits_2d_into(q, k)
+                torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+            else:
+                logits = torch.cat(_logits_last(q, k), dim=-1).softmax(dim=-1)
+            attn = list(logits.split(sizes, dim=-1))
+            out = _aggregate_last(attn, upcast(v).to(attn[0].dtype)).movedim(-1, 1)
         if out.dtype == x.dtype:
             return torch.addcmul(x, out, self.gamma), attn  # x + γ·o in one pass
         return (self.gamma * out).to(x.dtype) + x, attn
@@ -192,24 +212,19 @@ class CrissCrossBlock(ContextBlockBase):
              keep_weights: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """``passes`` passes on ``x`` ``(N, C, *S)``; the last pass's weights if
         ``keep_weights``. In eager mode images go one at a time (their lines' batch
-        dimensions then merge and no operand is copied), each turned channels-last once
-        and back once; traced graphs keep the batch."""
+        dimensions then merge and no operand is copied), each made contiguous (a
+        channels_last input is copied once: the output is contiguous); traced graphs
+        keep the batch."""
         if traced():  # one graph for any batch size
-            y = x.movedim(1, -1)
             for _ in range(passes):
-                y, weights = self._pass(y)
-            return y.movedim(-1, 1).contiguous(), weights if keep_weights else []
-        channels, spatial = x.shape[1], x.shape[2:]
+                x, weights = self._pass(x)
+            return x, weights if keep_weights else []
         outs, weights = [], []
-        for part in x.split(1):
-            # every pass writes a contiguous channels-last output; the output goes back
-            # to (C, L) by one 2-D transpose (the fastest copy for it on CPU)
-            y = part.movedim(1, -1)  # a view: of NCHW, or contiguous (channels_last)
-            if not (y.is_contiguous() or part.is_contiguous()):
-                y = part.contiguous().movedim(1, -1)
+        for y in x.split(1):
+            y = y.contiguous()  # the output's layout (NCHW) whatever the input's
             for _ in range(passes):
                 y, attn = self._pass(y)
-            outs.append(y.reshape(-1, channels).t().contiguous().view(1, channels, *spatial))
+            outs.append(y)
             if keep_weights:
                 weights.append(attn)
         if keep_weights:
