@@ -538,6 +538,21 @@ def test_chunked_attention_training(shapes, elements, monkeypatch):
     assert same.grad_fn.name() != 'ChunkedAttentionBackward'
 
 
+@pytest.mark.parametrize('batch, lq', [(0, 5), (2, 0)])
+def test_softmax_attention_on_empty_inputs(batch, lq):
+    """No image or no query: every CPU path (kept map, training chunks, inference
+    chunks) returns an empty output and an empty gradient instead of dividing by 0."""
+    q, k, v = (torch.randn(batch, n, c, requires_grad=True)
+               for n, c in ((lq, 3), (5, 3), (5, 6)))
+    for budget in (512, 0):
+        with attention.map_budget(budget):
+            out, _ = attention.softmax_attention(q, k, v, 0.5)
+        out.sum().backward()
+        assert out.shape == (batch, lq, 6) and q.grad.shape == q.shape
+    with torch.no_grad():
+        assert attention.softmax_attention(q, k, v, 0.5)[0].shape == (batch, lq, 6)
+
+
 def test_kept_map_gradcheck():
     q, k, v = (torch.randn(2, n, 3, dtype=torch.float64, requires_grad=True)
                for n in (6, 5, 5))

@@ -195,7 +195,7 @@ class ChunkedAttention(torch.autograd.Function):
         """``(images, queries)`` slices of the chunks of at most ``elements`` logits."""
         per_image = num_queries * num_keys
         if per_image <= elements:  # whole images per chunk
-            images = min(batch, elements // per_image)
+            images = max(1, min(batch, elements // max(1, per_image)))
             for start in range(0, batch, images):
                 yield slice(start, start + images), slice(0, num_queries)
             return
@@ -295,7 +295,7 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = v.new_empty(batch, v.shape[-1], num_queries)  # (B, dv, Lq)
     per_image = num_queries * num_keys
     if per_image <= INFERENCE_CHUNK_ELEMENTS:  # whole images per chunk
-        images = min(batch, INFERENCE_CHUNK_ELEMENTS // per_image)
+        images = max(1, min(batch, INFERENCE_CHUNK_ELEMENTS // max(1, per_image)))
         buffer = q.new_empty(images * per_image)
         for start in range(0, batch, images):
             stop = min(start + images, batch)
