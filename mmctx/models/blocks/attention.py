@@ -127,11 +127,17 @@ class KeptMapAttention(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 scale: float) -> torch.Tensor:
         qs = q * scale
-        # whole-map products of all images at once (the most efficient shapes here;
-        # thousands of small maps, as ISA's local groups, are one batched product)
-        weights = torch.bmm(qs, k.transpose(1, 2))
-        torch.ops.aten._softmax.out(weights, -1, False, out=weights)  # in place
-        y = torch.bmm(weights, v)
+        batch, num_queries = q.shape[:2]
+        weights = q.new_empty(batch, num_queries, k.shape[1])
+        y = v.new_empty(batch, num_queries, v.shape[-1])
+        # whole-map products: per image for large maps (as measured fastest), all images
+        # at once for small ones (ISA's thousands of local groups: one batched product)
+        step = max(1, batch) if num_queries < KEPT_MAP_ROWS else 1
+        for b in range(0, batch, step):
+            i = slice(b, b + step)
+            torch.bmm(qs[i], k[i].transpose(1, 2), out=weights[i])
+            torch.ops.aten._softmax.out(weights[i], -1, False, out=weights[i])  # in place
+            torch.bmm(weights[i], v[i], out=y[i])
         ctx.save_for_backward(qs, k, v, y, weights)
         ctx.scale = scale
         return y
