@@ -46,7 +46,6 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from ...registry import MODELS
 from ._base import ContextBlockBase, check_int, no_autocast, pointwise, traced, upcast
@@ -87,65 +86,6 @@ def _logits_2d_into(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     column.diagonal(dim1=0, dim2=2).fill_(torch.finfo(q.dtype).min)  # p itself: once
     torch.bmm(qi, ki.transpose(1, 2), out=logits[0, :, :, h:])
     return logits
-
-
-class CrissCross2d(torch.autograd.Function):
-    """One image's 2-D criss-cross attention with a gradient, its backward by hand.
-
-    ``qkv`` ``(1, H, W, 2d + C)`` (the stacked 1×1 convs' channels-last output: q, k, v
-    side by side) → ``o`` ``(1, H, W, C)``, channels-last, in ``qkv``'s dtype upcast to
-    fp32 (fp64 stays). Forward: the logits of both axes written into one ``(H, W, H + W)``
-    tensor (:func:`_logits_2d_into`), softmax in place (kept for backward: the ``L·(H +
-    W)`` weights, no ``L×L`` map), ``o`` = the row product plus the column product
-    (made in ``(W, H, ·)``) added transposed. Backward (``D = dO · o`` per position): ``dA`` of both axes written into one
-    buffer, ``dS = A ⊙ (dA − D)`` in place, then ``dq``, ``dk``, ``dv`` written / added
-    straight into their slices of one ``dqkv`` (no split / concatenation backward, no
-    copies of the permuted operands). Exact; not twice differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor, d: int) -> torch.Tensor:
-        _, h, w, _ = qkv.shape
-        full = upcast(qkv)
-        q, k, v = full[0, ..., :d], full[0, ..., d:2 * d], full[0, ..., 2 * d:]
-        attn = _logits_2d_into(q[None], k[None])[0]
-        torch.ops.aten._softmax.out(attn, -1, False, out=attn)  # in place
-        out = torch.bmm(attn[..., h:], v)  # rows: (H, W, C)
-        # columns: a product in (W, H, ·) on a contiguous (W, H, C) copy of v, added
-        # transposed (on strided views bmm copies each column's operand apart)
-        out.add_(torch.bmm(attn[..., :h].transpose(0, 1),
-                           v.transpose(0, 1).contiguous()).transpose(0, 1))
-        ctx.save_for_backward(full, attn, out)
-        ctx.d, ctx.dtype = d, qkv.dtype
-        return out[None]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        full, attn, out = ctx.saved_tensors
-        d, full = ctx.d, full[0]
-        h = attn.shape[0]
-        q, k, v = full[..., :d], full[..., d:2 * d], full[..., 2 * d:]
-        go = grad[0].to(attn.dtype).contiguous()  # (H, W, C)
-        # the column products' operands as contiguous (W, H, ·) copies
-        go_t, q_t, k_t, v_t = (t.transpose(0, 1).contiguous() for t in (go, q, k, v))
-        delta = (go * out).sum(-1, keepdim=True)  # Σ_j A_j dA_j = dO · o
-        ds = torch.empty_like(attn)
-        col, row = ds[..., :h], ds[..., h:]
-        torch.bmm(go_t, v_t.transpose(1, 2), out=col.transpose(0, 1))
-        torch.bmm(go, v.transpose(1, 2), out=row)
-        ds.sub_(delta).mul_(attn)  # the masked diagonal has A = 0: dS = 0
-        a_col, a_row = attn[..., :h], attn[..., h:]
-        dqkv = torch.empty_like(full)
-        dq, dk, dv = dqkv[..., :d], dqkv[..., d:2 * d], dqkv[..., 2 * d:]
-        col_t, a_col_t = col.transpose(0, 1), a_col.transpose(0, 1)  # (W, H, H)
-        torch.bmm(row, k, out=dq)
-        dq.add_(torch.bmm(col_t, k_t).transpose(0, 1))
-        torch.bmm(row.transpose(1, 2), q, out=dk)
-        dk.add_(torch.bmm(col_t.transpose(1, 2), q_t).transpose(0, 1))
-        torch.bmm(a_row.transpose(1, 2), go, out=dv)
-        dv.add_(torch.bmm(a_col_t.transpose(1, 2), go_t).transpose(0, 1))
-        return dqkv.to(ctx.dtype)[None], None
 
 
 def _aggregate_last(attn: List[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
@@ -236,8 +176,7 @@ class CrissCrossBlock(ContextBlockBase):
             conv.reset_parameters()
         nn.init.zeros_(self.gamma)
 
-    def _pass(self, x: torch.Tensor,
-              need_weights: bool = True) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def _pass(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """One pass ``x + γ·o`` on ``x`` ``(N, C, *S)`` → the output in ``x``'s layout
         and the weights ``A_a`` ``(N, *S, S_a)`` (fp32 or fp64; they sum to 1 over all
         branches).
@@ -250,16 +189,8 @@ class CrissCrossBlock(ContextBlockBase):
         convs = (self.query_conv, self.key_conv, self.value_conv)
         weight = torch.cat([c.weight.flatten(1) for c in convs])
         bias = torch.cat([c.bias for c in convs])
-        qkv = F.linear(x.movedim(1, -1), weight, bias)
-        d = self.inter_channels
-        if (not need_weights and qkv.dim() == 4 and qkv.shape[0] == 1 and not traced()
-                and torch.is_grad_enabled() and qkv.requires_grad):
-            with no_autocast(x):  # 2-D training, one image: the hand-written backward
-                out = CrissCross2d.apply(qkv, d).movedim(-1, 1)
-            if out.dtype == x.dtype:
-                return torch.addcmul(x, out, self.gamma), []
-            return (self.gamma * out).to(x.dtype) + x, []
-        q, k, v = qkv.split([d, d, self.in_channels], dim=-1)
+        q, k, v = F.linear(x.movedim(1, -1), weight, bias).split(
+            [self.inter_channels, self.inter_channels, self.in_channels], dim=-1)
         with no_autocast(x):
             q, k = upcast(q), upcast(k)
             sizes = list(q.shape[1:-1])
@@ -286,13 +217,13 @@ class CrissCrossBlock(ContextBlockBase):
         keep the batch."""
         if traced():  # one graph for any batch size
             for _ in range(passes):
-                x, weights = self._pass(x, keep_weights)
+                x, weights = self._pass(x)
             return x, weights if keep_weights else []
         outs, weights = [], []
         for y in x.split(1):
             y = y.contiguous()  # the output's layout (NCHW) whatever the input's
             for _ in range(passes):
-                y, attn = self._pass(y, keep_weights)
+                y, attn = self._pass(y)
             outs.append(y)
             if keep_weights:
                 weights.append(attn)
