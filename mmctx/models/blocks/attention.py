@@ -22,9 +22,9 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   kernel: without a gradient :func:`_chunked_attention` (at most
   :data:`INFERENCE_CHUNK_ELEMENTS` logits at a time), in training beyond the map budget
   :class:`ChunkedAttention` (its own backward, which recomputes only ``q kᵀ``; PAM's
-  shapes at 64×128 forward+backward 1.6–1.8× faster than the padded fused kernel on the
-  README's machine, as fast as the kept map; with equal widths it measured no faster
-  than the fused kernel, which therefore stays);
+  shapes at 64×128 forward+backward 1.4–1.8× faster than the padded fused kernel on the
+  README's machine with chunks of 2²²–2²⁴ logits, about as fast as the kept map; with
+  equal widths it measured no faster than the fused kernel, which therefore stays);
 * dot product: ``(q kᵀ / Lk) v = q (kᵀ v) / Lk`` — re-associated, so time and memory
   are linear in the number of positions (stronger than chunking, same result up to
   rounding);

@@ -471,12 +471,12 @@ class LESABlock(ContextBlockBase):
 
     @staticmethod
     def _relative_chunk_into(q, k, v, alpha, beta, buffer, out) -> None:
-        """A chunk of :class:`ChunkedAttention`'s relative form without a gradient, in place: ``q (c,
-        d)``, ``k (L, d)``, ``v (L, dv)``, ``α (c, H)``, ``β (c, W)`` → ``out (c,
-        dv)``. The relative logits ``α[y_j] + β[x_j]`` are written into ``buffer`` first
-        (one broadcast sum) and ``q kᵀ`` is accumulated onto them by the product itself
-        (``addmm``, no extra pass over the logits); softmax in place; ``· v`` into
-        ``out``."""
+        """A chunk of :class:`ChunkedAttention`'s relative form without a gradient, in
+        place: ``q (c, d)``, ``k (L, d)``, ``v (L, dv)``, ``α (c, H)``, ``β (c, W)`` →
+        ``out (c, dv)``. The relative logits ``α[y_j] + β[x_j]`` are written into
+        ``buffer`` first (one broadcast sum) and ``q kᵀ`` is accumulated onto them by the
+        product itself (``baddbmm``, no extra pass over the logits); softmax in place;
+        ``· v`` into ``out``."""
         p = ChunkedAttention.probabilities(q[None], k[None], alpha[None], beta[None], buffer)
         torch.mm(p[0], v, out=out)
 
