@@ -17,7 +17,11 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   instead (:class:`KeptMapAttention`): forward and backward are then six large
   matrix products and no recomputation (on the 2-core EPYC of the README, NL
   forward+backward at 64×128 about 10 % faster than the fused kernel), at the cost
-  of the map's memory until backward. When q/k and v differ in width (DANet's PAM:
+  of the map's memory until backward. A larger map keeps the rows the budget holds
+  (at least :data:`KEPT_MAP_ROWS` queries of every image) and recomputes the rest, so
+  the budget is both a cap and what training spends. The paths that write logits into
+  a buffer pad the keys to a multiple of :data:`KEY_ALIGN` (masked: the same result).
+  When q/k and v differ in width (DANet's PAM:
   64 vs 512), eager on CPU, chunks of queries run instead of the zero-padded fused
   kernel: without a gradient :func:`_chunked_attention` (at most
   :data:`INFERENCE_CHUNK_ELEMENTS` logits at a time), in training beyond the map budget
@@ -53,8 +57,9 @@ Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 #: largest number of (query, key) pairs one concatenation chunk materialises
 CHUNK_ELEMENTS = 1 << 22
 
-#: default map budget (MiB): in training, a softmax map of at most this size is kept for
-#: backward instead of recomputed (see the module docstring). 512 MiB holds the map of
+#: default map budget (MiB): in training, a softmax map (or the part of it) of at most
+#: this size is kept for backward instead of recomputed (see the module docstring). 512
+#: MiB holds the map of
 #: a 512×1024 crop at stride 8 (64×128 positions) for the 2 images per GPU of mmseg's
 #: Cityscapes recipes. The environment variable ``MMCTX_MAP_BUDGET_MB`` overrides it
 #: for a process, :func:`map_budget` for a region, a block's ``map_budget_mb`` for it.
@@ -69,6 +74,34 @@ INFERENCE_CHUNK_ELEMENTS = 1 << 24
 #: buffers of this size in backward, 32 MiB each in fp32). DANet's PAM shapes at 128×256
 #: (d = 64, dv = 512) on the README's machine: 2²³–2²⁵ alike, 2²² 15–25 % slower
 TRAINING_CHUNK_ELEMENTS = 1 << 23
+#: the eager paths that write logits into a buffer (kept map, chunks) pad the keys to a
+#: multiple of this many with zero keys whose logits are set to ``-inf`` (probability 0:
+#: the same result): on the README's machine the products over a map whose rows are an
+#: odd number of floats ran 7–20 % slower (97×97 positions, a 769×769 crop at stride 8).
+#: Maps of fewer than ``16 × KEY_ALIGN`` keys are not padded (up to 6 % more work
+#: otherwise; small maps, e.g. ISA's local groups, are not where the time goes)
+KEY_ALIGN = 16
+
+
+def _pad_keys(k: torch.Tensor, v: torch.Tensor):
+    """``k``, ``v`` (``(B, Lk, ·)``) with zero keys appended up to a multiple of
+    :data:`KEY_ALIGN`; a transposed view of a channels-first tensor stays one."""
+    pad = -k.shape[1] % KEY_ALIGN
+    if not pad or k.shape[1] < 16 * KEY_ALIGN:
+        return k, v
+
+    def padded(t):
+        if t.transpose(1, 2).is_contiguous():
+            return F.pad(t.transpose(1, 2), (0, pad)).transpose(1, 2)
+        return F.pad(t, (0, 0, 0, pad))
+
+    return padded(k), padded(v)
+
+
+def _mask_padding(logits: torch.Tensor, num_keys: int) -> None:
+    """The logits of padded keys (past ``num_keys``) to ``-inf``, in place."""
+    if logits.shape[-1] > num_keys:
+        logits[..., num_keys:] = float('-inf')
 
 
 def check_map_budget(value) -> float:
@@ -118,14 +151,16 @@ class KeptMapAttention(torch.autograd.Function):
     per :data:`KEPT_MAP_ROWS` rows of one image (or as many whole small maps as fit in
     as many rows' logits, e.g. ISA's local groups), in one reused buffer,
     ``dS = P ⊙ (dy vᵀ − D)``,
-    ``dq = scale · dS k`` and ``dk += dSᵀ (scale·q)``. Exact (the same sums as the
-    fused kernel, in another order); backward may run again (``retain_graph``); not
-    twice differentiable.
+    ``dq = scale · dS k`` and ``dk += dSᵀ (scale·q)``. The keys are padded to a multiple
+    of :data:`KEY_ALIGN` (masked). Exact (the same sums as the fused kernel, in another
+    order); backward may run again (``retain_graph``); not twice differentiable.
     """
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 scale: float) -> torch.Tensor:
+        ctx.num_keys = k.shape[1]
+        k, v = _pad_keys(k, v)
         qs = q * scale
         batch, num_queries = q.shape[:2]
         weights = q.new_empty(batch, num_queries, k.shape[1])
@@ -136,6 +171,7 @@ class KeptMapAttention(torch.autograd.Function):
         for b in range(0, batch, step):
             i = slice(b, b + step)
             torch.bmm(qs[i], k[i].transpose(1, 2), out=weights[i])
+            _mask_padding(weights[i], ctx.num_keys)
             torch.ops.aten._softmax.out(weights[i], -1, False, out=weights[i])  # in place
             torch.bmm(weights[i], v[i], out=y[i])
         ctx.save_for_backward(qs, k, v, y, weights)
@@ -160,7 +196,8 @@ class KeptMapAttention(torch.autograd.Function):
             grad.sub_(delta[i, r]).mul_(part)
             torch.bmm(grad, k[i], out=dq[i, r])
             dk[i].baddbmm_(grad.transpose(1, 2), qs[i, r])
-        return dq.mul_(ctx.scale), dk, dv, None
+        keys = slice(0, ctx.num_keys)  # the padded keys' gradients are dropped
+        return dq.mul_(ctx.scale), dk[:, keys], dv[:, keys], None
 
 
 class ChunkedAttention(torch.autograd.Function):
@@ -182,13 +219,16 @@ class ChunkedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def probabilities(q, k, alpha, beta, buffer) -> torch.Tensor:
+    def probabilities(q, k, alpha, beta, buffer, valid: Optional[int] = None) -> torch.Tensor:
         """``P`` of one chunk (``q (n, c, d)`` already scaled, ``k (n, Lk, d)``, ``α (n,
-        c, H)``, ``β (n, c, W)`` or ``None``) in ``buffer``: ``(n, c, Lk)``."""
+        c, H)``, ``β (n, c, W)`` or ``None``) in ``buffer``: ``(n, c, Lk)``; keys past
+        ``valid`` (padding, without ``α``) get probability 0."""
         n, c, num_keys = q.shape[0], q.shape[1], k.shape[1]
         p = buffer[:n * c * num_keys].view(n, c, num_keys)
         if alpha is None:
             torch.bmm(q, k.transpose(1, 2), out=p)
+            if valid is not None:
+                _mask_padding(p, valid)
         else:
             torch.add(alpha.unsqueeze(-1), beta.unsqueeze(-2),
                       out=p.view(n, c, alpha.shape[-1], beta.shape[-1]))
@@ -212,6 +252,9 @@ class ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, alpha, beta, scale: float, elements: int):
+        ctx.num_keys = k.shape[1]
+        if alpha is None:
+            k, v = _pad_keys(k, v)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         qs = q * scale if scale != 1 else q
         (batch, num_queries), num_keys = q.shape[:2], k.shape[1]
@@ -220,7 +263,7 @@ class ChunkedAttention(torch.autograd.Function):
         for i, r in ChunkedAttention.chunks(batch, num_queries, num_keys, elements):
             p = ChunkedAttention.probabilities(
                 qs[i, r], k[i], None if alpha is None else alpha[i, r],
-                None if beta is None else beta[i, r], buffer)
+                None if beta is None else beta[i, r], buffer, ctx.num_keys)
             torch.bmm(p, v[i], out=out[i, r])
         ctx.save_for_backward(qs, k, v, alpha, beta, out)
         ctx.scale, ctx.elements = scale, elements
@@ -242,7 +285,7 @@ class ChunkedAttention(torch.autograd.Function):
         for i, r in ChunkedAttention.chunks(batch, num_queries, num_keys, ctx.elements):
             p = ChunkedAttention.probabilities(
                 qs[i, r], k[i], alpha[i, r] if relative else None,
-                beta[i, r] if relative else None, probs)
+                beta[i, r] if relative else None, probs, ctx.num_keys)
             dv[i].baddbmm_(p.transpose(1, 2), dy[i, r])
             ds = grads[:p.numel()].view_as(p)
             torch.bmm(dy[i, r], v[i].transpose(1, 2), out=ds)
@@ -255,8 +298,9 @@ class ChunkedAttention(torch.autograd.Function):
                 torch.sum(grid, -2, out=dbeta[i, r])
         if ctx.scale != 1:
             dq.mul_(ctx.scale)
-        if not relative:
-            return dq, dk, dv, None, None, None, None
+        if not relative:  # the padded keys' gradients are dropped
+            keys = slice(0, ctx.num_keys)
+            return dq, dk[:, keys], dv[:, keys], None, None, None, None
         return dq, dk, dv, dalpha, dbeta, None, None
 
 
@@ -273,14 +317,19 @@ def _needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
                                         or v.requires_grad)
 
 
-def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               budget_mb: Optional[float]) -> bool:
-    """Eager on CPU, in training (a gradient reaches q, k or v), and the map fits the
-    budget."""
+def _kept_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               budget_mb: Optional[float]) -> int:
+    """How many query rows of every image keep their map for backward: eager on CPU, in
+    training (a gradient reaches q, k or v), all ``Lq`` when the ``B×Lq×Lk`` map fits the
+    budget, else as many rows as fit when they are at least :data:`KEPT_MAP_ROWS` (the
+    rest recompute theirs), else 0."""
     if not (_eager_cpu(q) and _needs_grad(q, k, v)):
-        return False
-    size = q.shape[0] * q.shape[1] * k.shape[1] * q.element_size()
-    return size <= map_budget_bytes(budget_mb)
+        return 0
+    num_queries = q.shape[1]
+    rows = map_budget_bytes(budget_mb) // max(1, q.shape[0] * k.shape[1] * q.element_size())
+    if rows >= num_queries:
+        return num_queries
+    return rows if rows >= KEPT_MAP_ROWS else 0
 
 
 def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -295,7 +344,10 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``q``, ``k``, ``v`` may be any strided views (e.g. ``(N, C, L)`` conv outputs
     transposed: the products read them as they are, no copy), and the result is
     ``(B, Lq, dv)`` as a transposed view of a contiguous ``(B, dv, Lq)`` tensor (each
-    chunk's ``vᵀ Pᵀ``): the channels-first layout the blocks' convs take next."""
+    chunk's ``vᵀ Pᵀ``): the channels-first layout the blocks' convs take next. The keys
+    are padded to a multiple of :data:`KEY_ALIGN` (masked)."""
+    valid = k.shape[1]
+    k, v = _pad_keys(k, v)
     batch, num_queries, num_keys = q.shape[0], q.shape[1], k.shape[1]
     qs = q * scale
     out = v.new_empty(batch, v.shape[-1], num_queries)  # (B, dv, Lq)
@@ -308,6 +360,7 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             logits = buffer[:(stop - start) * per_image].view(stop - start, num_queries,
                                                                num_keys)
             torch.bmm(qs[start:stop], k[start:stop].transpose(1, 2), out=logits)
+            _mask_padding(logits, valid)
             torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # in place
             torch.bmm(v[start:stop].transpose(1, 2), logits.transpose(1, 2),
                       out=out[start:stop])
@@ -320,6 +373,7 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             stop = min(start + rows, num_queries)
             logits = buffer[:(stop - start) * num_keys].view(stop - start, num_keys)
             torch.mm(qs[b, start:stop], kt, out=logits)
+            _mask_padding(logits, valid)
             torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # in place
             torch.mm(vt, logits.t(), out=out[b, :, start:stop])
     return out.transpose(1, 2)
@@ -349,22 +403,35 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)
             return torch.bmm(weights, v).to(dtype), weights
-        if _keeps_map(q, k, v, budget_mb):
+        rows = _kept_rows(q, k, v, budget_mb)
+        if rows == q.shape[1]:
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
-        d, dv = q.shape[-1], v.shape[-1]
-        if d != dv and _eager_cpu(q):  # training beyond the budget: nothing zero-padded
-            return ChunkedAttention.apply(q, k, v, None, None, float(scale),
-                                          TRAINING_CHUNK_ELEMENTS).to(dtype), None
-        # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
-        # zero-padded (zeros change no dot product and give zero output columns)
-        if d < dv:
-            q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
-        elif dv < d:
-            v = F.pad(v, (0, d - dv))
-        # (B, 1, L, d) views of contiguous tensors are contiguous: flash path on CPU
-        y = F.scaled_dot_product_attention(
-            q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
-        return y.squeeze(1)[..., :dv].to(dtype), None
+        if rows:  # the budget holds the map of the first `rows` queries of every image
+            y = torch.cat([KeptMapAttention.apply(q[:, :rows], k, v, float(scale)),
+                           _recomputed(q[:, rows:].contiguous(), k, v, scale)], dim=1)
+            return y.to(dtype), None
+        return _recomputed(q, k, v, scale).to(dtype), None
+
+
+def _recomputed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                scale: float) -> torch.Tensor:
+    """``softmax(scale · q kᵀ) v`` (contiguous fp32 inputs) whose backward recomputes the
+    map: :class:`ChunkedAttention` when the widths differ (eager, CPU), else the fused
+    kernel."""
+    d, dv = q.shape[-1], v.shape[-1]
+    if d != dv and _eager_cpu(q):  # nothing zero-padded
+        return ChunkedAttention.apply(q, k, v, None, None, float(scale),
+                                      TRAINING_CHUNK_ELEMENTS)
+    # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
+    # zero-padded (zeros change no dot product and give zero output columns)
+    if d < dv:
+        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    elif dv < d:
+        v = F.pad(v, (0, d - dv))
+    # (B, 1, L, d) views of contiguous tensors are contiguous: flash path on CPU
+    y = F.scaled_dot_product_attention(
+        q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
+    return y.squeeze(1)[..., :dv]
 
 
 def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
