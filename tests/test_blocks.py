@@ -576,37 +576,6 @@ def test_keys_padded_to_the_alignment(path, align, monkeypatch):
     assert set(masked) <= {(200, 200)}
 
 
-@pytest.mark.parametrize('dv', [5, 7], ids=['equal-widths', 'pam-widths'])
-def test_partial_kept_map(dv, monkeypatch):
-    """A map larger than the budget keeps the map of as many query rows of every image
-    as the budget holds (at least KEPT_MAP_ROWS), the rest recompute theirs (the fused
-    kernel, or ChunkedAttention when the widths differ): what is saved for backward
-    stays within the budget, values and gradients are the explicit path's."""
-    monkeypatch.setattr(attention, 'KEPT_MAP_ROWS', 8)
-    calls = _spy_paths(monkeypatch)
-    torch.manual_seed(4)
-    b, lq, lk = 2, 40, 30
-    q, k, v = (torch.randn(b, n, c, dtype=torch.float64, requires_grad=True)
-               for n, c in ((lq, 5), (lk, 5), (lk, dv)))
-    row_bytes = b * lk * 8
-    ref, _ = attention.softmax_attention(q, k, v, 0.3, need_weights=True)
-    grad = torch.randn_like(ref)
-    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
-    sizes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t,
-                                                  lambda t: t):
-        out, _ = attention.softmax_attention(q, k, v, 0.3,
-                                             budget_mb=(16.5 * row_bytes) / (1 << 20))
-    assert calls['kept'] == 1 and len(calls['sdpa']) == (1 if dv == 5 else 0)
-    assert max(sizes) == b * 16 * lk  # the map of 16 rows per image, nothing larger
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    for a, r in zip(torch.autograd.grad(out, (q, k, v), grad), ref_grads):
-        torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
-    # fewer rows than KEPT_MAP_ROWS fit: nothing is kept
-    attention.softmax_attention(q, k, v, 0.3, budget_mb=(7 * row_bytes) / (1 << 20))
-    assert calls['kept'] == 1
-
-
 @pytest.mark.parametrize('batch, lq', [(0, 5), (2, 0)])
 def test_softmax_attention_on_empty_inputs(batch, lq):
     """No image or no query: every CPU path (kept map, training chunks, inference

@@ -17,10 +17,8 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   instead (:class:`KeptMapAttention`): forward and backward are then six large
   matrix products and no recomputation (on the 2-core EPYC of the README, NL
   forward+backward at 64×128 about 10 % faster than the fused kernel), at the cost
-  of the map's memory until backward. A larger map keeps the rows the budget holds
-  (at least :data:`KEPT_MAP_ROWS` queries of every image) and recomputes the rest, so
-  the budget is both a cap and what training spends. The paths that write logits into
-  a buffer pad the keys to a multiple of :data:`KEY_ALIGN` (masked: the same result).
+  of the map's memory until backward. The paths that write logits into a buffer pad
+  the keys to a multiple of :data:`KEY_ALIGN` (masked: the same result).
   When q/k and v differ in width (DANet's PAM:
   64 vs 512), eager on CPU, chunks of queries run instead of the zero-padded fused
   kernel: without a gradient :func:`_chunked_attention` (at most
@@ -57,9 +55,8 @@ Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 #: largest number of (query, key) pairs one concatenation chunk materialises
 CHUNK_ELEMENTS = 1 << 22
 
-#: default map budget (MiB): in training, a softmax map (or the part of it) of at most
-#: this size is kept for backward instead of recomputed (see the module docstring). 512
-#: MiB holds the map of
+#: default map budget (MiB): in training, a softmax map of at most this size is kept for
+#: backward instead of recomputed (see the module docstring). 512 MiB holds the map of
 #: a 512×1024 crop at stride 8 (64×128 positions) for the 2 images per GPU of mmseg's
 #: Cityscapes recipes. The environment variable ``MMCTX_MAP_BUDGET_MB`` overrides it
 #: for a process, :func:`map_budget` for a region, a block's ``map_budget_mb`` for it.
@@ -317,19 +314,14 @@ def _needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
                                         or v.requires_grad)
 
 
-def _kept_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               budget_mb: Optional[float]) -> int:
-    """How many query rows of every image keep their map for backward: eager on CPU, in
-    training (a gradient reaches q, k or v), all ``Lq`` when the ``B×Lq×Lk`` map fits the
-    budget, else as many rows as fit when they are at least :data:`KEPT_MAP_ROWS` (the
-    rest recompute theirs), else 0."""
+def _keeps_map(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               budget_mb: Optional[float]) -> bool:
+    """Eager on CPU, in training (a gradient reaches q, k or v), and the map fits the
+    budget."""
     if not (_eager_cpu(q) and _needs_grad(q, k, v)):
-        return 0
-    num_queries = q.shape[1]
-    rows = map_budget_bytes(budget_mb) // max(1, q.shape[0] * k.shape[1] * q.element_size())
-    if rows >= num_queries:
-        return num_queries
-    return rows if rows >= KEPT_MAP_ROWS else 0
+        return False
+    size = q.shape[0] * q.shape[1] * k.shape[1] * q.element_size()
+    return size <= map_budget_bytes(budget_mb)
 
 
 def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -403,13 +395,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         if need_weights:
             weights = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)
             return torch.bmm(weights, v).to(dtype), weights
-        rows = _kept_rows(q, k, v, budget_mb)
-        if rows == q.shape[1]:
+        if _keeps_map(q, k, v, budget_mb):
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
-        if rows:  # the budget holds the map of the first `rows` queries of every image
-            y = torch.cat([KeptMapAttention.apply(q[:, :rows], k, v, float(scale)),
-                           _recomputed(q[:, rows:].contiguous(), k, v, scale)], dim=1)
-            return y.to(dtype), None
         return _recomputed(q, k, v, scale).to(dtype), None
 
 

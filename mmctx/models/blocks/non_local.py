@@ -101,9 +101,8 @@ class PairwiseContextBlock(ContextBlockBase):
             first gradients reaching the attention tiny; a larger one lets a short
             schedule learn the attention (``tools/demo.py``).
         map_budget_mb: softmax modes in training: keep the ``N×Lq×Lk`` map for
-            backward when it is at most this many MiB (faster), else keep the rows
-            that fit (at least 512 queries per image) and recompute the rest in the
-            fused kernel; None: the process default
+            backward when it is at most this many MiB (faster), else recompute it in
+            the fused kernel; None: the process default
             (:func:`~mmctx.models.blocks.attention.map_budget_bytes`, 512 MiB unless
             ``$MMCTX_MAP_BUDGET_MB`` says otherwise); 0: never keep it.
     """
