@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmctx.models.blocks import (DNL_PRESETS, DisentangledNonLocalBlock,
+from mmctx.models.blocks import (DNL_PRESETS, DisentangledNonLocalBlock, DualAttentionBlock,
                                  GlobalContextBlock, NonLocalBlock, PairwiseNonLocalBlock,
                                  SimplifiedNonLocalBlock, SqueezeExcitationBlock,
                                  UnaryNonLocalBlock)
@@ -574,6 +574,31 @@ def test_keys_padded_to_the_alignment(path, align, monkeypatch):
     with torch.no_grad():
         attention.softmax_attention(*small, 0.3)
     assert set(masked) <= {(200, 200)}
+
+
+@pytest.mark.parametrize('budget', [512, 0], ids=['kept-map', 'recomputed'])
+@pytest.mark.parametrize('cls, kwargs', [
+    (NonLocalBlock, {}), (DisentangledNonLocalBlock, {}),
+    (DualAttentionBlock, dict(cam=False))], ids=['nl', 'dnl', 'pam'])
+def test_blocks_with_padded_keys(cls, kwargs, budget, monkeypatch):
+    """Whole blocks, 2 images of 17×17 = 289 positions (padded to 304 keys): output and
+    every gradient (input and parameters) as without the padding."""
+    torch.manual_seed(5)
+    block = cls(16, **kwargs).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.1)
+    x, grad = torch.randn(2, 2, 16, 17, 17, dtype=torch.float64)
+    results = []
+    for align in (16, 1):
+        monkeypatch.setattr(attention, 'KEY_ALIGN', align)
+        xx = x.clone().requires_grad_()
+        with attention.map_budget(budget):
+            y = block(xx)
+        results.append([y] + list(torch.autograd.grad(y, [xx] + list(block.parameters()),
+                                                      grad)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize('batch, lq', [(0, 5), (2, 0)])
