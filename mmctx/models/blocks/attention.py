@@ -18,8 +18,8 @@ for analysis) and ``None`` otherwise (the *memory-efficient* path, the default):
   matrix products and no recomputation (on the 2-core EPYC of the README, NL
   forward+backward at 64×128 about 10 % faster than the fused kernel), at the cost
   of the map's memory until backward. The paths that write logits into a buffer pad
-  the keys to a multiple of :data:`KEY_ALIGN` (masked: the same result).
-  When q/k and v differ in width (DANet's PAM:
+  the keys to a multiple of :data:`KEY_ALIGN` (masked: the same result). When q/k
+  and v differ in width (DANet's PAM:
   64 vs 512), eager on CPU, chunks of queries run instead of the zero-padded fused
   kernel: without a gradient :func:`_chunked_attention` (at most
   :data:`INFERENCE_CHUNK_ELEMENTS` logits at a time), in training beyond the map budget
@@ -397,28 +397,20 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             return torch.bmm(weights, v).to(dtype), weights
         if _keeps_map(q, k, v, budget_mb):
             return KeptMapAttention.apply(q, k, v, float(scale)).to(dtype), None
-        return _recomputed(q, k, v, scale).to(dtype), None
-
-
-def _recomputed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                scale: float) -> torch.Tensor:
-    """``softmax(scale · q kᵀ) v`` (contiguous fp32 inputs) whose backward recomputes the
-    map: :class:`ChunkedAttention` when the widths differ (eager, CPU), else the fused
-    kernel."""
-    d, dv = q.shape[-1], v.shape[-1]
-    if d != dv and _eager_cpu(q):  # nothing zero-padded
-        return ChunkedAttention.apply(q, k, v, None, None, float(scale),
-                                      TRAINING_CHUNK_ELEMENTS)
-    # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
-    # zero-padded (zeros change no dot product and give zero output columns)
-    if d < dv:
-        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
-    elif dv < d:
-        v = F.pad(v, (0, d - dv))
-    # (B, 1, L, d) views of contiguous tensors are contiguous: flash path on CPU
-    y = F.scaled_dot_product_attention(
-        q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
-    return y.squeeze(1)[..., :dv]
+        d, dv = q.shape[-1], v.shape[-1]
+        if d != dv and _eager_cpu(q):  # training beyond the budget: nothing zero-padded
+            return ChunkedAttention.apply(q, k, v, None, None, float(scale),
+                                          TRAINING_CHUNK_ELEMENTS).to(dtype), None
+        # the fused (flash) kernel needs one head size for q, k and v; a smaller one is
+        # zero-padded (zeros change no dot product and give zero output columns)
+        if d < dv:
+            q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+        elif dv < d:
+            v = F.pad(v, (0, d - dv))
+        # (B, 1, L, d) views of contiguous tensors are contiguous: flash path on CPU
+        y = F.scaled_dot_product_attention(
+            q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
+        return y.squeeze(1)[..., :dv].to(dtype), None
 
 
 def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
