@@ -80,7 +80,7 @@ TRAINING_CHUNK_ELEMENTS = 1 << 23
 KEY_ALIGN = 16
 
 
-def _pad_keys(k: torch.Tensor, v: torch.Tensor):
+def pad_keys(k: torch.Tensor, v: torch.Tensor):
     """``k``, ``v`` (``(B, Lk, ·)``) with zero keys appended up to a multiple of
     :data:`KEY_ALIGN`; a transposed view of a channels-first tensor stays one."""
     pad = -k.shape[1] % KEY_ALIGN
@@ -157,7 +157,7 @@ class KeptMapAttention(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 scale: float) -> torch.Tensor:
         ctx.num_keys = k.shape[1]
-        k, v = _pad_keys(k, v)
+        k, v = pad_keys(k, v)
         qs = q * scale
         batch, num_queries = q.shape[:2]
         weights = q.new_empty(batch, num_queries, k.shape[1])
@@ -219,17 +219,18 @@ class ChunkedAttention(torch.autograd.Function):
     def probabilities(q, k, alpha, beta, buffer, valid: Optional[int] = None) -> torch.Tensor:
         """``P`` of one chunk (``q (n, c, d)`` already scaled, ``k (n, Lk, d)``, ``α (n,
         c, H)``, ``β (n, c, W)`` or ``None``) in ``buffer``: ``(n, c, Lk)``; keys past
-        ``valid`` (padding, without ``α``) get probability 0."""
+        ``valid`` (padding) get probability 0 (``α``, ``β`` are for the first ``valid``
+        keys: ``H·W = valid``)."""
         n, c, num_keys = q.shape[0], q.shape[1], k.shape[1]
         p = buffer[:n * c * num_keys].view(n, c, num_keys)
+        valid = num_keys if valid is None else valid
         if alpha is None:
             torch.bmm(q, k.transpose(1, 2), out=p)
-            if valid is not None:
-                _mask_padding(p, valid)
-        else:
+        else:  # the relative logits of the real keys (a grid), then q kᵀ onto them
             torch.add(alpha.unsqueeze(-1), beta.unsqueeze(-2),
-                      out=p.view(n, c, alpha.shape[-1], beta.shape[-1]))
+                      out=p[..., :valid].view(n, c, alpha.shape[-1], beta.shape[-1]))
             torch.baddbmm(p, q, k.transpose(1, 2), out=p)
+        _mask_padding(p, valid)
         torch.ops.aten._softmax.out(p, -1, False, out=p)  # in place
         return p
 
@@ -250,8 +251,7 @@ class ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, alpha, beta, scale: float, elements: int):
         ctx.num_keys = k.shape[1]
-        if alpha is None:
-            k, v = _pad_keys(k, v)
+        k, v = pad_keys(k, v)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         qs = q * scale if scale != 1 else q
         (batch, num_queries), num_keys = q.shape[:2], k.shape[1]
@@ -290,15 +290,16 @@ class ChunkedAttention(torch.autograd.Function):
             torch.bmm(ds, k[i], out=dq[i, r])
             dk[i].baddbmm_(ds.transpose(1, 2), qs[i, r])
             if relative:
-                grid = ds.view(*ds.shape[:2], alpha.shape[-1], beta.shape[-1])
+                grid = ds[..., :ctx.num_keys].view(*ds.shape[:2], alpha.shape[-1],
+                                                   beta.shape[-1])
                 torch.sum(grid, -1, out=dalpha[i, r])
                 torch.sum(grid, -2, out=dbeta[i, r])
         if ctx.scale != 1:
             dq.mul_(ctx.scale)
-        if not relative:  # the padded keys' gradients are dropped
-            keys = slice(0, ctx.num_keys)
+        keys = slice(0, ctx.num_keys)  # the padded keys' gradients are dropped
+        if not relative:
             return dq, dk[:, keys], dv[:, keys], None, None, None, None
-        return dq, dk, dv, dalpha, dbeta, None, None
+        return dq, dk[:, keys], dv[:, keys], dalpha, dbeta, None, None
 
 
 def _eager_cpu(q: torch.Tensor) -> bool:
@@ -339,7 +340,7 @@ def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     chunk's ``vᵀ Pᵀ``): the channels-first layout the blocks' convs take next. The keys
     are padded to a multiple of :data:`KEY_ALIGN` (masked)."""
     valid = k.shape[1]
-    k, v = _pad_keys(k, v)
+    k, v = pad_keys(k, v)
     batch, num_queries, num_keys = q.shape[0], q.shape[1], k.shape[1]
     qs = q * scale
     out = v.new_empty(batch, v.shape[-1], num_queries)  # (B, dv, Lq)

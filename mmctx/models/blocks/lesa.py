@@ -92,7 +92,7 @@ import torch.utils.checkpoint as cp
 from ...registry import MODELS
 from ._base import (ContextBlockBase, check_bool, check_choice, check_int, no_autocast,
                     traced, upcast)
-from .attention import ChunkedAttention, softmax_attention
+from .attention import ChunkedAttention, pad_keys, softmax_attention
 
 PE_TYPES = ('detection_qr', 'classification', None)
 FUSIONS = ('gate', 'sum')
@@ -470,14 +470,16 @@ class LESABlock(ContextBlockBase):
     relative_inference_chunk_elements = 1 << 24
 
     @staticmethod
-    def _relative_chunk_into(q, k, v, alpha, beta, buffer, out) -> None:
+    def _relative_chunk_into(q, k, v, alpha, beta, buffer, out,
+                             valid: Optional[int] = None) -> None:
         """A chunk of :class:`ChunkedAttention`'s relative form without a gradient, in
         place: ``q (c, d)``, ``k (L, d)``, ``v (L, dv)``, ``α (c, H)``, ``β (c, W)`` →
         ``out (c, dv)``. The relative logits ``α[y_j] + β[x_j]`` are written into
         ``buffer`` first (one broadcast sum) and ``q kᵀ`` is accumulated onto them by the
         product itself (``baddbmm``, no extra pass over the logits); softmax in place;
-        ``· v`` into ``out``."""
-        p = ChunkedAttention.probabilities(q[None], k[None], alpha[None], beta[None], buffer)
+        ``· v`` into ``out``. Keys past ``valid`` are padding (probability 0)."""
+        p = ChunkedAttention.probabilities(q[None], k[None], alpha[None], beta[None], buffer,
+                                           valid)
         torch.mm(p[0], v, out=out)
 
     def _relative_attention(self, q, k, v, terms, grad: bool):
@@ -504,14 +506,16 @@ class LESABlock(ContextBlockBase):
             # one head of one image per chunk, so a chunk of the same logits has more
             # queries (larger products) than one spanning all heads
             out = q.new_empty(b, length, dv)
-            rows = min(length, max(1, self.relative_inference_chunk_elements // length))
-            buffer = q.new_empty(rows * length)
+            k, v = pad_keys(k, v)  # to a multiple of KEY_ALIGN keys (masked)
+            keys = k.shape[1]
+            rows = min(length, max(1, self.relative_inference_chunk_elements // keys))
+            buffer = q.new_empty(rows * keys)
             for s in range(0, length, rows):
                 c = min(rows, length - s)
                 alpha, beta = terms(s, c)
                 for i in range(b):
                     self._relative_chunk_into(q[i, s:s + c], k[i], v[i], alpha[i], beta[i],
-                                              buffer, out[i, s:s + c])
+                                              buffer, out[i, s:s + c], length)
         return out.view(n, g, length, dv)
 
     def _chunk_relative_terms(self, q_rel: torch.Tensor, h: int, w: int):
