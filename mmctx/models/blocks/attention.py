@@ -74,7 +74,7 @@ TRAINING_CHUNK_ELEMENTS = 1 << 23
 #: the eager paths that write logits into a buffer (kept map, chunks) pad the keys to a
 #: multiple of this many with zero keys whose logits are set to ``-inf`` (probability 0:
 #: the same result): on the README's machine the products over a map whose rows are an
-#: odd number of floats ran 7–20 % slower (97×97 positions, a 769×769 crop at stride 8).
+#: odd number of floats ran 7–24 % slower (97×97 positions, a 769×769 crop at stride 8).
 #: Maps of fewer than ``16 × KEY_ALIGN`` keys are not padded (up to 6 % more work
 #: otherwise; small maps, e.g. ISA's local groups, are not where the time goes)
 KEY_ALIGN = 16
