@@ -78,6 +78,18 @@ def bn(x, m):
     return (x - mean) / torch.sqrt(var + m.eps) * m.weight.view(shape) + m.bias.view(shape)
 
 
+@pytest.fixture
+def masked_keys(monkeypatch):
+    """The ``(keys in the buffer, real keys)`` of every call that masks padded keys in
+    mmctx's attention buffers (``attention._mask_padding``), in a list."""
+    from mmctx.models.blocks import attention
+    calls = []
+    mask = attention._mask_padding
+    monkeypatch.setattr(attention, '_mask_padding',
+                        lambda t, n: calls.append((t.shape[-1], n)) or mask(t, n))
+    return calls
+
+
 def largest_saved_for_backward(fn, x, map_budget_mb: float = 0) -> int:
     """The largest tensor (elements) autograd saves for backward while ``fn(x)`` runs;
     ``fn(x).sum()`` is then backpropagated (so recomputation paths run too).

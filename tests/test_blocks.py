@@ -540,16 +540,12 @@ def test_chunked_attention_training(shapes, elements, monkeypatch):
 
 @pytest.mark.parametrize('path', ['kept', 'chunked', 'inference'])
 @pytest.mark.parametrize('align', [16, 1])
-def test_keys_padded_to_the_alignment(path, align, monkeypatch):
+def test_keys_padded_to_the_alignment(path, align, monkeypatch, masked_keys):
     """The paths that write logits into a buffer pad the keys to a multiple of
     KEY_ALIGN (300 → 304; zero keys whose logits are -inf): the explicit path's values
     and gradients (of the 300 real keys) either way; small maps (< 16 × KEY_ALIGN keys)
     stay unpadded."""
     monkeypatch.setattr(attention, 'KEY_ALIGN', align)
-    masked = []
-    mask = attention._mask_padding
-    monkeypatch.setattr(attention, '_mask_padding',
-                        lambda t, n: masked.append((t.shape[-1], n)) or mask(t, n))
     torch.manual_seed(3)
     dv = 5 if path == 'kept' else 7  # equal widths only for the kept map
     shapes = ((20, 5), (300, 5), (300, dv))
@@ -559,7 +555,7 @@ def test_keys_padded_to_the_alignment(path, align, monkeypatch):
     with attention.map_budget(512 if path == 'kept' else 0), \
             torch.set_grad_enabled(path != 'inference'):
         out, _ = attention.softmax_attention(q, k, v, 0.3)
-    assert masked and set(masked) == {(304 if align == 16 else 300, 300)}
+    assert masked_keys and set(masked_keys) == {(304 if align == 16 else 300, 300)}
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     if path != 'inference':
         assert out.grad_fn.name() == ('KeptMapAttentionBackward' if path == 'kept'
@@ -569,11 +565,11 @@ def test_keys_padded_to_the_alignment(path, align, monkeypatch):
                         torch.autograd.grad(ref, (q, k, v), grad)):
             assert a.shape == r.shape
             torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
-    masked.clear()
+    masked_keys.clear()
     small = [t[:, :200].detach() for t in (q, k, v)]
     with torch.no_grad():
         attention.softmax_attention(*small, 0.3)
-    assert set(masked) <= {(200, 200)}
+    assert set(masked_keys) <= {(200, 200)}
 
 
 @pytest.mark.parametrize('budget', [512, 0], ids=['kept-map', 'recomputed'])

@@ -283,16 +283,12 @@ def test_relative_attention_function(rows):
 
 
 @pytest.mark.parametrize('align', [16, 1])
-def test_relative_form_with_padded_keys(align, monkeypatch):
+def test_relative_form_with_padded_keys(align, monkeypatch, masked_keys):
     """A 17×17 key grid (289 keys, padded to 304 with masked zero keys): the training
     form's values and gradients (α, β included) and the block's inference chunks equal
     the map written out, with and without the padding."""
     from mmctx.models.blocks import attention
     monkeypatch.setattr(attention, 'KEY_ALIGN', align)
-    masked = []
-    mask = attention._mask_padding
-    monkeypatch.setattr(attention, '_mask_padding',
-                        lambda t, n: masked.append((t.shape[-1], n)) or mask(t, n))
     torch.manual_seed(6)
     b, h, w, d, dv = 2, 17, 17, 3, 5
     length = h * w
@@ -307,8 +303,8 @@ def test_relative_form_with_padded_keys(align, monkeypatch):
     for a, r in zip(torch.autograd.grad(out, inputs, grad),
                     torch.autograd.grad(expected, inputs, grad)):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
-    assert masked and set(masked) == {(304 if align == 16 else 289, 289)}
-    masked.clear()
+    assert masked_keys and set(masked_keys) == {(304 if align == 16 else 289, 289)}
+    masked_keys.clear()
     block = randomized(LESABlock(16, num_heads=2, pe_size=17)).double().eval()
     block.relative_inference_chunk_elements = 4 * length * 7  # several chunks per head
     x = torch.randn(2, 16, h, w, dtype=torch.double)
@@ -316,7 +312,7 @@ def test_relative_form_with_padded_keys(align, monkeypatch):
         fast = block(x)
         slow, _ = block.forward_with_attention(x)
     torch.testing.assert_close(fast, slow)
-    assert masked and set(masked) == {(304 if align == 16 else 289, 289)}
+    assert masked_keys and set(masked_keys) == {(304 if align == 16 else 289, 289)}
 
 
 @pytest.mark.parametrize('mode', ['no_grad', 'inference_mode'])

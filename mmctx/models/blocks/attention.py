@@ -219,14 +219,15 @@ class ChunkedAttention(torch.autograd.Function):
     def probabilities(q, k, alpha, beta, buffer, valid: Optional[int] = None) -> torch.Tensor:
         """``P`` of one chunk (``q (n, c, d)`` already scaled, ``k (n, Lk, d)``, ``α (n,
         c, H)``, ``β (n, c, W)`` or ``None``) in ``buffer``: ``(n, c, Lk)``; keys past
-        ``valid`` (padding) get probability 0 (``α``, ``β`` are for the first ``valid``
-        keys: ``H·W = valid``)."""
+        ``valid`` (default: all; with ``α``, ``β``: the ``H·W`` of the grid) are padding
+        and get probability 0."""
         n, c, num_keys = q.shape[0], q.shape[1], k.shape[1]
         p = buffer[:n * c * num_keys].view(n, c, num_keys)
-        valid = num_keys if valid is None else valid
         if alpha is None:
+            valid = num_keys if valid is None else valid
             torch.bmm(q, k.transpose(1, 2), out=p)
         else:  # the relative logits of the real keys (a grid), then q kᵀ onto them
+            valid = alpha.shape[-1] * beta.shape[-1]
             torch.add(alpha.unsqueeze(-1), beta.unsqueeze(-2),
                       out=p[..., :valid].view(n, c, alpha.shape[-1], beta.shape[-1]))
             torch.baddbmm(p, q, k.transpose(1, 2), out=p)

@@ -470,16 +470,14 @@ class LESABlock(ContextBlockBase):
     relative_inference_chunk_elements = 1 << 24
 
     @staticmethod
-    def _relative_chunk_into(q, k, v, alpha, beta, buffer, out,
-                             valid: Optional[int] = None) -> None:
+    def _relative_chunk_into(q, k, v, alpha, beta, buffer, out) -> None:
         """A chunk of :class:`ChunkedAttention`'s relative form without a gradient, in
         place: ``q (c, d)``, ``k (L, d)``, ``v (L, dv)``, ``α (c, H)``, ``β (c, W)`` →
         ``out (c, dv)``. The relative logits ``α[y_j] + β[x_j]`` are written into
         ``buffer`` first (one broadcast sum) and ``q kᵀ`` is accumulated onto them by the
         product itself (``baddbmm``, no extra pass over the logits); softmax in place;
-        ``· v`` into ``out``. Keys past ``valid`` are padding (probability 0)."""
-        p = ChunkedAttention.probabilities(q[None], k[None], alpha[None], beta[None], buffer,
-                                           valid)
+        ``· v`` into ``out``. Keys past the ``H·W`` grid are padding (probability 0)."""
+        p = ChunkedAttention.probabilities(q[None], k[None], alpha[None], beta[None], buffer)
         torch.mm(p[0], v, out=out)
 
     def _relative_attention(self, q, k, v, terms, grad: bool):
@@ -515,7 +513,7 @@ class LESABlock(ContextBlockBase):
                 alpha, beta = terms(s, c)
                 for i in range(b):
                     self._relative_chunk_into(q[i, s:s + c], k[i], v[i], alpha[i], beta[i],
-                                              buffer, out[i, s:s + c], length)
+                                              buffer, out[i, s:s + c])
         return out.view(n, g, length, dv)
 
     def _chunk_relative_terms(self, q_rel: torch.Tensor, h: int, w: int):
