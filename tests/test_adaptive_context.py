@@ -70,7 +70,9 @@ def test_parity_with_mmseg_acm(size, train, fusion):
     refs = [m(x) for m in acms]
     assert min(r.abs().max() for r in refs) > 0.1
     ref = block.bottleneck(torch.cat([x] + refs, 1))
-    tol = dict(rtol=1e-5, atol=1e-5)
+    # the bottleneck sums its parts' convolutions (no concatenation): same values up to
+    # the order of the sums, 2e-5 apart at most over 40 seeds of this test
+    tol = dict(rtol=1e-4, atol=5e-5)
     for acm, r in zip(block.acm_modules, refs):
         torch.testing.assert_close(acm(x)[0], r, **tol)
     torch.testing.assert_close(block(x), ref, **tol)
@@ -158,17 +160,22 @@ def test_equations(dim, train):
 # ---------------------------------------------------- registry, init, training
 def test_registry_defaults_and_gradients():
     from mmctx.registry import MODELS
+    torch.manual_seed(0)  # see below: some draws give a legitimately zero gradient
     block = MODELS.build(dict(type='mmctx.AdaptiveContextBlock', in_channels=8))
     assert isinstance(block, AdaptiveContextBlock) and block._abbr_ == 'apc_block'
     assert block.channels == 2 and block.pool_scales == (1, 2, 3, 6) and block.fusion
     assert block.out_channels == 8 and not block.residual  # plugin contract: C out
     assert AdaptiveContextBlock(2048).channels == 512  # = mmseg's APCNet configs
     assert block.bottleneck.conv.kernel_size == (3, 3)
-    # a batch of 4: with 2, training BN maps the two global (scale-1) descriptors to
-    # ±1 per channel, and their convs get a vanishing gradient (as in mmseg)
-    x = torch.randn(4, 8, 7, 6, requires_grad=True)
+    # a batch of 8: with 2, training BN maps the two global (scale-1) descriptors to
+    # ±1 per channel, and their convs get a vanishing gradient (as in mmseg). With 4,
+    # about 1 draw in 25 (11 seeds of 300) has the scale-1 ACM's global descriptor ReLU-dead in exactly
+    # the images whose pooled descriptor is ReLU-dead too (BN over N×1 values, then
+    # ReLU), so no gradient reaches `global_info` at all (as in mmseg); with 8 it was 1
+    # draw in 300, and the seed above fixes one that is not degenerate
+    x = torch.randn(8, 8, 7, 6, requires_grad=True)
     block.train()
-    ((block(x) - torch.randn(4, 8, 7, 6))**2).mean().backward()
+    ((block(x) - torch.randn(8, 8, 7, 6))**2).mean().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
     for name, p in block.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
