@@ -2,10 +2,12 @@ import glob
 import json
 import os
 import os.path as osp
+import random
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,9 +30,6 @@ def _seeded():
     """Each test starts from the same random state, whatever ran before it, so a draw
     that a test depends on is the same in every order and every subset of the suite
     (``MMCTX_TEST_SEED=N`` runs the suite on other draws)."""
-    import random
-
-    import numpy as np
     seed = int(os.environ.get('MMCTX_TEST_SEED', 0))
     random.seed(seed)
     np.random.seed(seed)
